@@ -1,0 +1,114 @@
+"""Benchmark: atlas icons rendered as ONE batch vs one by one (same icons, same steps).
+
+    python bench/atlas_speed.py [--icons 100] [--steps 64] [--size 32]
+    python bench/atlas_speed.py --quickstart      # also time the quick-start atlas end to end
+
+Model: an MLP (64-128-128-10) trained briefly on sklearn's 8x8 digits (bundled, no
+download); icons are rendered at ``--size`` px and resized to 8x8 inside the objective.
+The directions are the average layer-3 activations of ``--icons`` random groups of
+digits. Both runs use the same code path (``render_directions``), differing only in
+``batch``. Writes the result under "## Atlas icon rendering" in bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import atlases  # noqa: E402
+
+HEADING = "## Atlas icon rendering"
+
+
+def digits_mlp(seed: int = 0):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    return m.eval(), x, y
+
+
+def augmented(x, y, n, seed=0):
+    """``n`` digits: the originals plus copies shifted by one pixel with light noise."""
+    g = torch.Generator().manual_seed(seed)
+    reps = -(-n // len(x))
+    imgs = x.reshape(-1, 1, 8, 8).repeat(reps, 1, 1, 1)
+    shifts = torch.randint(-1, 2, (len(imgs), 2), generator=g)
+    out = torch.stack([torch.roll(im, tuple(s.tolist()), dims=(1, 2)) for im, s in zip(imgs, shifts)])
+    out[: len(x)] = x.reshape(-1, 1, 8, 8)
+    out = (out + 0.03 * torch.randn(out.shape, generator=g)).clamp(0, 1)
+    return out.reshape(len(out), 64)[:n], y.repeat(reps)[:n]
+
+
+def update_results(section: str, path: Path) -> None:
+    """Replace (or append) only our section of bench/RESULTS.md."""
+    text = path.read_text() if path.exists() else "# widthkit benchmarks\n"
+    pat = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{HEADING}\n{section.strip()}\n\n"
+    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--icons", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--quickstart", action="store_true", help="also time the quick-start atlas (1e4 acts, 12x12, 128 steps)")
+    ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    model, x, y = digits_mlp()
+    with atlases.hooks.capture(model, "3") as cap, torch.no_grad():
+        model(x)
+    groups = np.random.default_rng(0).integers(0, a.icons, len(x))
+    dirs = np.stack([cap.value[groups == i].mean(0).numpy() for i in range(a.icons)])
+    opts = dict(input_shape=(64,), size=a.size, steps=a.steps, seed=0)
+    t = time.perf_counter()
+    batched = atlases.render_directions(model, "3", dirs, **opts)
+    tb = time.perf_counter() - t
+    t = time.perf_counter()
+    single = atlases.render_directions(model, "3", dirs, batch=1, **opts)
+    ts = time.perf_counter() - t
+    ratio = ts / tb
+    print(f"{a.icons} icons x {a.steps} steps at {a.size}px: batched {tb:.1f}s, one by one {ts:.1f}s, "
+          f"speed-up {ratio:.1f}x")
+    assert batched.shape == single.shape
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    lines = [f"`python bench/atlas_speed.py --icons {a.icons} --steps {a.steps} --size {a.size}` "
+             f"({cpu}, torch {torch.__version__}); MLP 64-128-128-10 on 8x8 digits, layer `3`.", "",
+             "| icons | steps | size | batched (s) | one by one (s) | speed-up |", "|---|---|---|---|---|---|",
+             f"| {a.icons} | {a.steps} | {a.size} | {tb:.1f} | {ts:.1f} | {ratio:.1f}x |"]
+    if a.quickstart:
+        xa, ya = augmented(x, y, 10_000)
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            r = atlases.make_atlas(model, "3", (xa, ya), d, max_vectors=10_000, grid=12, steps=128, size=32)
+            tq = time.perf_counter() - t
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
+        print(f"quick-start atlas: {r.n_vectors} activations, {r.n_cells} icons, 128 steps: {tq:.1f}s ({parts})")
+        lines += ["", f"Quick-start atlas (`make_atlas`, {r.n_vectors} activations of augmented digits, "
+                      f"12x12 grid, {r.n_cells} icons, 128 steps, 32 px): **{tq:.0f} s** total ({parts})."]
+    if not a.no_write:
+        update_results("\n".join(lines), Path(__file__).with_name("RESULTS.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""`widthkit atlas` / `widthkit atlas-width` on a tiny ladder, and the neuron-vs-group probe."""
+import json
+
+import numpy as np
+import pytest
+
+import atlases
+from widthkit.cli import main
+
+
+def test_neuron_vs_group_finds_single_neuron_and_distributed_codes():
+    g = np.random.default_rng(0)
+    y = g.integers(0, 2, 600)
+    x = g.normal(size=(600, 8)).astype(np.float32)
+    x[:, 3] += 4 * y  # class in one neuron
+    local = atlases.neuron_vs_group(x[:400], y[:400], x[400:], y[400:], k=3)
+    assert local.best_neuron == 3 and local.best_neuron_acc > 0.95
+    spread = g.normal(size=(600, 8)).astype(np.float32)
+    spread += 4 * y[:, None] / np.sqrt(8)  # same signal strength, spread evenly over all 8 neurons
+    dist = atlases.neuron_vs_group(spread[:400], y[:400], spread[400:], y[400:], k=3)
+    assert dist.group_acc > 0.95 and dist.best_neuron_acc < dist.group_acc - 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert main(["-q", "train", "recipes/quickstart.toml", "--set", "model.widths=[8,32]", "--set",
+                 "train.steps=60", "--set", "train.seeds=1", "--set", "train.eval_every=30",
+                 "--set", "train.checkpoint_every=60", "--out", str(out)]) == 0
+    return out
+
+
+def test_atlas_command_on_a_ladder_member(tiny_run, tmp_path, capsys):
+    rc = main(["atlas", str(tiny_run), "--width", "32", "--seed", "0", "--grid", "3", "--min-count", "1",
+               "--steps", "2", "--size", "8", "--max-vectors", "300", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["layer"] == "act1" and res["n_vectors"] == 300  # penultimate layer by default
+    assert (tmp_path / "atlas.png").exists() and (tmp_path / "atlas.html").exists()
+    assert main(["atlas", str(tiny_run), "--layer", "fc9"]) == 2
+    assert "unknown layer 'fc9'" in capsys.readouterr().err
+    assert main(["atlas", str(tiny_run), "--width", "7"]) == 2
+    assert "finished: [8, 32]" in capsys.readouterr().err
+
+
+def test_atlas_width_command(tiny_run, tmp_path, capsys):
+    rc = main(["atlas-width", str(tiny_run), "--grid", "3", "--steps", "2", "--size", "8", "--max-vectors", "300",
+               "--k", "5", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["widths"] == [8, 32] and res["n_neurons"] == [8, 32] and res["k"] == 5
+    assert all(0 <= a <= 1 for a in res["best_neuron_acc"] + res["group_acc"])
+    assert all(g >= n - 0.05 for g, n in zip(res["group_acc"], res["best_neuron_acc"]))
+    assert (tmp_path / "atlas_width.png").exists() and json.loads((tmp_path / "atlas_width.json").read_text())

@@ -1,0 +1,558 @@
+"""Ensemble bias across widths (Vyas et al. 2023, arXiv 2305.18411).
+
+Two finite-width effects separate a width-N network from its infinite-width limit:
+
+* an initialization-dependent output **variance** V(N) ~ 1/N, which ensembling removes, and
+* a **bias of narrower width**: even the infinite ensemble of width-N nets, L_inf(N), is worse
+  than one wide net.
+
+Operational definitions (papers.md; the paper's code is not public):
+
+* Ensembles average the network **outputs** before the loss: logits for cross-entropy, raw
+  outputs for MSE (``average="outputs"``, the default; this is the averaging under which the
+  output variance V(N) is what ensembling removes).  ``average="probs"`` averages softmax
+  probabilities instead (cross-entropy only).
+* L(K) for K = 1..E members is the loss of the K-member ensemble averaged over K-subsets (all
+  of them when there are at most ``n_subsets``, otherwise ``n_subsets`` random ones).
+  L_inf(N) is the intercept of a straight-line fit of L(K) in 1/K (``widthkit.fitting.fit_line``).
+  For MSE the line is exact and the intercept is the unbiased estimate of the mean-predictor
+  loss.  Its error bar is the leave-one-seed-out jackknife (seed sampling) added in quadrature
+  to the fit error.
+* V(N) is the variance over seeds (ddof=1) of the outputs, averaged over test points and
+  output coordinates; for cross-entropy the logits are first centred over classes (softmax
+  ignores a common shift).  Error bar: jackknife over seeds.  Its power law in N is fitted on
+  log-log axes (Vyas et al. find an exponent of about -1).
+* Bias of narrower width: L_inf(N) - L_inf(N_max) and L_inf(N) - L_single(N_max).  Where at
+  least four widths allow, L_inf(N) = L_wide + b N^-alpha is fitted by a grid over alpha with
+  a weighted linear fit at each alpha.
+* Point-wise agreement with the widest width, at every stored evaluation step: mean squared
+  distance between outputs (per output coordinate, centred logits for cross-entropy) and
+  top-1 agreement, averaged over pairs of *different* seeds (so the widest width against
+  itself gives the seed-to-seed floor); for ensembles, the mean output of one half of the
+  seeds at width N against the other half at N_max, averaged over random splits.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WidthkitError
+from ..fitting import LineFit, fit_line, fit_power_law
+from ..progress import info, track, warn
+from ..results import Result
+
+AVERAGES = ("outputs", "probs")
+
+
+# ----------------------------------------------------------------------------- array-level math
+
+def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    return (m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _targets_for(outputs: np.ndarray, targets: np.ndarray, loss: str) -> np.ndarray:
+    """MSE against class labels uses one-hot targets; everything else is used as given."""
+    targets = np.asarray(targets)
+    if loss == "mse" and targets.ndim == 1 and outputs.shape[-1] > 1 and targets.dtype.kind in "iu":
+        return np.eye(outputs.shape[-1], dtype=np.float64)[targets]
+    if loss == "mse" and targets.ndim == 1:
+        return targets.reshape(-1, 1).astype(np.float64)
+    return targets
+
+
+def loss_and_error(out: np.ndarray, targets: np.ndarray, loss: str, probs: bool = False) -> tuple[float, float]:
+    """Mean test loss and top-1 error of one predictor ``out`` [N, C].
+
+    xent: mean cross-entropy of the logits (or of probabilities when ``probs``).
+    mse: mean over points of 0.5 * sum over outputs of (out - y)^2 (the usual 1/2 convention).
+    The error is the top-1 error for classification targets, NaN for regression targets.
+    """
+    out = np.asarray(out, np.float64)
+    targets = np.asarray(targets)
+    if loss == "xent":
+        y = targets.astype(np.int64)
+        if probs:
+            p = np.clip(out[np.arange(len(y)), y], 1e-300, None)
+            l = float(-np.mean(np.log(p)))
+        else:
+            l = float(np.mean(_logsumexp(out) - out[np.arange(len(y)), y]))
+    elif loss == "mse":
+        t = _targets_for(out, targets, loss)
+        l = float(0.5 * np.mean(np.sum((out - t) ** 2, axis=-1)))
+    else:
+        raise WidthkitError(f"unknown loss '{loss}'; valid: mse, xent")
+    if targets.ndim == 1 and targets.dtype.kind in "iu" and out.shape[-1] > 1:
+        e = float(np.mean(np.argmax(out, -1) != targets))
+    else:
+        e = float("nan")
+    return l, e
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(-1, keepdims=True)
+
+
+def _member_space(outputs: np.ndarray, loss: str, average: str) -> np.ndarray:
+    """Per-member quantity that is averaged: outputs (logits) or softmax probabilities."""
+    if average not in AVERAGES:
+        raise WidthkitError(f"unknown ensemble average '{average}'; valid: {', '.join(AVERAGES)}")
+    if average == "probs":
+        if loss != "xent":
+            raise WidthkitError("average='probs' needs a cross-entropy run; use average='outputs' for mse")
+        return _softmax(np.asarray(outputs, np.float64))
+    return np.asarray(outputs, np.float64)
+
+
+def _subsets(n: int, k: int, n_subsets: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """All k-subsets of range(n) when there are at most n_subsets, else n_subsets random ones."""
+    if math.comb(n, k) <= n_subsets:
+        return list(itertools.combinations(range(n), k))
+    return [tuple(sorted(rng.choice(n, size=k, replace=False))) for _ in range(n_subsets)]
+
+
+@dataclass
+class EnsembleCurve(Result):
+    """Loss and error of K-member ensembles, K = 1..E, averaged over K-subsets."""
+
+    ks: list
+    loss: list
+    loss_std: list      # spread over subsets
+    error: list
+    n_subsets: list     # subsets used per K
+
+
+def ensemble_curve(outputs, targets, loss: str, n_subsets: int = 64, average: str = "outputs",
+                   seed: int = 0) -> EnsembleCurve:
+    """L(K) and error(K) for ensembles of K of the E members in ``outputs`` [E, N, C]."""
+    outputs = np.asarray(outputs)
+    E = outputs.shape[0]
+    space = _member_space(outputs, loss, average)
+    rng = np.random.default_rng(seed)
+    ks, ls, lstd, es, ns = [], [], [], [], []
+    for k in range(1, E + 1):
+        vals = [loss_and_error(space[list(s)].mean(0), targets, loss, probs=average == "probs")
+                for s in _subsets(E, k, n_subsets, rng)]
+        v = np.array(vals)
+        ks.append(k)
+        ls.append(float(v[:, 0].mean()))
+        lstd.append(float(v[:, 0].std()))
+        es.append(float(v[:, 1].mean()))
+        ns.append(len(vals))
+    return EnsembleCurve(ks, ls, lstd, es, ns)
+
+
+@dataclass
+class InfiniteEnsemble(Result):
+    """L(K) = L_inf + c / K fitted in 1/K."""
+
+    l_inf: float
+    l_inf_err: float    # jackknife over seeds (+) fit error, in quadrature
+    c: float            # coefficient of 1/K (the variance term)
+    c_err: float
+    curve: EnsembleCurve
+
+
+def _fit_inf(curve: EnsembleCurve) -> LineFit:
+    return fit_line(1.0 / np.asarray(curve.ks, float), curve.loss)
+
+
+def infinite_ensemble(outputs, targets, loss: str, n_subsets: int = 64, average: str = "outputs",
+                      seed: int = 0, jackknife: bool = True) -> InfiniteEnsemble:
+    """Infinite-ensemble loss L_inf from a line fit of L(K) in 1/K, with a jackknife error bar."""
+    outputs = np.asarray(outputs)
+    E = outputs.shape[0]
+    curve = ensemble_curve(outputs, targets, loss, n_subsets, average, seed)
+    if E < 2:
+        return InfiniteEnsemble(float("nan"), float("nan"), float("nan"), float("nan"), curve)
+    fit = _fit_inf(curve)
+    jk_err = 0.0
+    if jackknife and E >= 3:
+        reps = []
+        for i in range(E):
+            keep = [j for j in range(E) if j != i]
+            c = ensemble_curve(outputs[keep], targets, loss, max(8, n_subsets // 4), average, seed + 1 + i)
+            reps.append(_fit_inf(c).intercept)
+        reps = np.array(reps)
+        jk_err = float(np.sqrt((E - 1) / E * np.sum((reps - reps.mean()) ** 2)))
+    err = float(np.hypot(jk_err, fit.intercept_err if np.isfinite(fit.intercept_err) else 0.0))
+    return InfiniteEnsemble(fit.intercept, err, fit.slope, fit.slope_err, curve)
+
+
+def _centred(outputs: np.ndarray, loss: str) -> np.ndarray:
+    """Logits centred over classes for cross-entropy (softmax ignores a shift); outputs as is for MSE."""
+    outputs = np.asarray(outputs, np.float64)
+    if loss == "xent":
+        return outputs - outputs.mean(-1, keepdims=True)
+    return outputs
+
+
+def output_variance(outputs, loss: str) -> tuple[float, float]:
+    """V = variance over seeds (ddof=1) of the outputs, averaged over points and coordinates.
+
+    Returns (V, jackknife standard error over seeds).
+    """
+    f = _centred(outputs, loss)
+    E = f.shape[0]
+    if E < 2:
+        return float("nan"), float("nan")
+    v = float(f.var(0, ddof=1).mean())
+    if E < 3:
+        return v, float("nan")
+    reps = np.array([f[[j for j in range(E) if j != i]].var(0, ddof=1).mean() for i in range(E)])
+    return v, float(np.sqrt((E - 1) / E * np.sum((reps - reps.mean()) ** 2)))
+
+
+def pair_agreement(a, b, loss: str, same_members: bool) -> tuple[float, float]:
+    """Mean squared distance (per output coordinate) and top-1 agreement between the members of
+    ``a`` [E, N, C] and ``b`` [E', N, C], averaged over member pairs.
+
+    ``same_members``: ``a`` and ``b`` hold the same seeds (comparing a width with itself, or
+    seed-matched widths); then pairs of one seed with itself are left out.
+    """
+    fa, fb = _centred(a, loss), _centred(b, loss)
+    Ea, Eb = fa.shape[0], fb.shape[0]
+    C = fa.shape[-1]
+    # squared distance of every pair: |a|^2 + |b|^2 - 2 a.b, averaged over points and coordinates
+    na = (fa ** 2).sum(-1).mean(-1)
+    nb = (fb ** 2).sum(-1).mean(-1)
+    dot = np.einsum("snc,tnc->st", fa, fb) / fa.shape[1]
+    d2 = (na[:, None] + nb[None, :] - 2 * dot) / C
+    if C > 1:
+        pa = np.eye(C)[np.argmax(fa, -1)]
+        pb = np.eye(C)[np.argmax(fb, -1)]
+        agree = np.einsum("snc,tnc->st", pa, pb) / fa.shape[1]
+    else:
+        agree = np.full_like(d2, np.nan)
+    mask = np.ones((Ea, Eb), bool)
+    if same_members:
+        np.fill_diagonal(mask, False)
+    if not mask.any():
+        return float("nan"), float("nan")
+    return float(np.maximum(d2[mask], 0).mean()), float(agree[mask].mean())
+
+
+def ensemble_agreement(a, seeds_a, b, seeds_b, loss: str, n_splits: int = 8, seed: int = 0,
+                       average: str = "outputs") -> tuple[float, float, int]:
+    """Agreement between ensembles on disjoint seed halves: mean of half A at one width against
+    mean of half B at the other.  Returns (msd, top-1 agreement, ensemble size)."""
+    common = sorted(set(seeds_a) & set(seeds_b))
+    h = len(common) // 2
+    if h < 1:
+        return float("nan"), float("nan"), 0
+    ia = {s: i for i, s in enumerate(seeds_a)}
+    ib = {s: i for i, s in enumerate(seeds_b)}
+    sa, sb = _member_space(a, loss, average), _member_space(b, loss, average)
+    rng = np.random.default_rng(seed)
+    d2s, ags = [], []
+    for _ in range(n_splits):
+        perm = rng.permutation(common)
+        A, B = perm[:h], perm[h:2 * h]
+        for X, Y in ((A, B), (B, A)):
+            ea = sa[[ia[s] for s in X]].mean(0, keepdims=True)
+            eb = sb[[ib[s] for s in Y]].mean(0, keepdims=True)
+            if average == "probs":  # compare in log-probability space, like logits
+                ea, eb = np.log(np.clip(ea, 1e-300, None)), np.log(np.clip(eb, 1e-300, None))
+            d2, ag = pair_agreement(ea, eb, loss, same_members=False)
+            d2s.append(d2)
+            ags.append(ag)
+    return float(np.mean(d2s)), float(np.mean(ags)), h
+
+
+@dataclass
+class BiasFit(Result):
+    """L_inf(N) = l_wide + b * N**-alpha (grid over alpha, weighted line fit at each)."""
+
+    l_wide: float
+    l_wide_err: float
+    b: float
+    b_err: float
+    alpha: float
+    alpha_lo: float     # range of alpha with chi^2 within one (scaled) unit of the minimum
+    alpha_hi: float
+    chi2: float
+    n: int
+
+
+def fit_bias(widths, l_inf, l_inf_err=None, alphas=None) -> BiasFit | None:
+    """Fit L_inf(N) = L_wide + b N^-alpha; None when fewer than 4 finite points."""
+    N = np.asarray(widths, float)
+    y = np.asarray(l_inf, float)
+    s = None if l_inf_err is None else np.asarray(l_inf_err, float)
+    ok = np.isfinite(y) & (N > 0)
+    if s is not None:
+        ok &= np.isfinite(s) & (s > 0)
+    if ok.sum() < 4:
+        return None
+    N, y = N[ok], y[ok]
+    s = None if s is None else s[ok]
+    w = np.ones_like(y) if s is None else 1 / s ** 2
+
+    def scan(grid):
+        fits = [fit_line(N ** -a, y, s) for a in grid]
+        chi2 = np.array([float(np.sum(w * (y - f.intercept - f.slope * N ** -a) ** 2)) for a, f in zip(grid, fits)])
+        return fits, chi2
+
+    alphas = np.logspace(-2, math.log10(4.0), 120) if alphas is None else np.asarray(alphas, float)
+    fits, chi2 = scan(alphas)
+    i = int(np.argmin(chi2))
+    # refine around the coarse minimum so the uncertainty interval is resolved
+    alphas = np.linspace(alphas[max(i - 3, 0)], alphas[min(i + 3, len(alphas) - 1)], 241)
+    fits, chi2 = scan(alphas)
+    i = int(np.argmin(chi2))
+    dof = max(len(y) - 3, 1)
+    tol = max(1.0, chi2[i] / dof)
+    inside = alphas[chi2 <= chi2[i] + tol]
+    f = fits[i]
+    return BiasFit(f.intercept, f.intercept_err, f.slope, f.slope_err, float(alphas[i]),
+                   float(inside.min()), float(inside.max()), float(chi2[i]), int(len(y)))
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class WidthEnsemble(Result):
+    """Everything measured at one width at the analysed step."""
+
+    width: int
+    seeds: list                 # members used
+    excluded_seeds: list        # diverged (or non-finite outputs), left out
+    single_loss: float          # mean over seeds
+    single_loss_std: float      # spread over seeds
+    single_loss_err: float      # standard error of the mean (std / sqrt(E))
+    single_error: float
+    single_error_std: float
+    ensemble: InfiniteEnsemble  # curve L(K), error(K), and the 1/K fit
+    variance: float
+    variance_err: float
+    bias_vs_inf: float          # L_inf(N) - L_inf(N_max)
+    bias_vs_single: float       # L_inf(N) - L_single(N_max)
+    reaches_wide: bool          # L_inf(N) - err <= L_single(N_max) + its error bar
+
+
+@dataclass
+class Agreement(Result):
+    """Point-wise agreement with the widest width over training ([width][step] lists)."""
+
+    steps: list
+    widths: list
+    reference_width: int
+    single_msd: list
+    single_top1: list
+    ensemble_msd: list
+    ensemble_top1: list
+    ensemble_size: list         # members per half-ensemble, per width
+    single_loss: list           # mean single-model loss, [width][step]
+    ensemble_loss: list         # loss of the all-member ensemble, [width][step]
+
+
+@dataclass
+class EnsembleBiasResult(Result):
+    run: str
+    step: int
+    loss: str
+    averaged: str               # what the ensemble averages (see module doc)
+    conventions: dict
+    widths: list
+    skipped_widths: list        # unfinished, or fewer than 2 usable members
+    excluded: dict              # width -> seeds left out (diverged / non-finite)
+    per_width: list             # WidthEnsemble per width
+    variance_fit: dict          # exponent, exponent_err, log_prefactor, n
+    bias_fit: BiasFit | None
+    wide_single_loss: float
+    wide_single_loss_err: float
+    agreement: Agreement | None
+    summary: list = field(default_factory=list)
+
+    def width_table(self) -> list[dict]:
+        """One row per width with the headline numbers (for tables)."""
+        rows = []
+        for w in self.per_width:
+            rows.append({"width": w.width, "members": len(w.seeds), "single_loss": w.single_loss,
+                         "single_loss_std": w.single_loss_std, "single_error": w.single_error,
+                         "ensemble_loss": w.ensemble.curve.loss[-1], "ensemble_error": w.ensemble.curve.error[-1],
+                         "l_inf": w.ensemble.l_inf, "l_inf_err": w.ensemble.l_inf_err,
+                         "variance": w.variance, "bias_vs_single": w.bias_vs_single,
+                         "reaches_wide": w.reaches_wide})
+        return rows
+
+
+# ----------------------------------------------------------------------------- run-level analysis
+
+def _usable(run, width: int, outputs: np.ndarray) -> np.ndarray:
+    """Members that neither diverged nor produced non-finite outputs."""
+    ok = ~np.asarray(run.diverged(width), bool).reshape(-1)
+    ok &= np.isfinite(outputs.reshape(outputs.shape[0], -1)).all(1)
+    return ok
+
+
+def _resolve_step(run, widths: list[int], step: int | None) -> int | None:
+    if step is None:
+        return None
+    valid = set(int(s) for s in run.logit_steps(widths[0]))
+    for w in widths[1:]:
+        valid &= set(int(s) for s in run.logit_steps(w))
+    if int(step) not in valid:
+        shown = ", ".join(str(s) for s in sorted(valid))
+        raise WidthkitError(f"step {step} has no stored test outputs at every width; valid steps: {shown}")
+    return int(step)
+
+
+def ensemble_bias(run, step: int | None = None, n_subsets: int = 64, average: str = "outputs",
+                  n_splits: int = 8, over_training: bool = True, seed: int = 0) -> EnsembleBiasResult:
+    """Variance and bias of narrower width on a trained ladder (see module docstring).
+
+    ``run``: a Run or a run directory.  ``step``: analyse this evaluation step (default: final
+    outputs).  ``n_subsets``: K-subsets averaged per K.  ``over_training``: also compute the
+    agreement with the widest width at every stored evaluation step.
+    """
+    if isinstance(run, (str, Path)):
+        from ..store import open_run
+        run = open_run(run)
+    loss = run.loss_name
+    if loss not in ("xent", "mse"):
+        raise WidthkitError(f"ensemble-bias supports xent and mse runs, not '{loss}'")
+    _member_space(np.zeros((1, 1, 2)), loss, average)  # validates `average` early
+    unfinished = sorted(int(w) for w in (run.unfinished or []))
+    if unfinished:
+        warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
+    widths = sorted(int(w) for w in run.widths)
+    if not widths:
+        raise WidthkitError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
+    step = _resolve_step(run, widths, step)
+    targets = np.asarray(run.targets())
+    seeds_all = list(run.seeds)
+
+    data, excluded, skipped = {}, {}, list(unfinished)
+    for w in widths:
+        out = np.asarray(run.logits(w, step), np.float64)
+        ok = _usable(run, w, out)
+        bad = [seeds_all[i] for i in np.flatnonzero(~ok)]
+        if bad:
+            excluded[w] = bad
+            warn(f"width {w}: leaving out diverged members (seeds {bad})")
+        if ok.sum() < 2:
+            warn(f"width {w}: fewer than 2 usable members; skipped")
+            skipped.append(w)
+            continue
+        data[w] = (out[ok], [seeds_all[i] for i in np.flatnonzero(ok)])
+    widths = [w for w in widths if w in data]
+    if not widths:
+        raise WidthkitError("no width has 2 or more usable members; ensemble-bias needs at least 2 seeds per width")
+    wmax = widths[-1]
+
+    stats = {}
+    for w in track(widths, "ensemble fits"):
+        out, seeds = data[w]
+        le = np.array([loss_and_error(o, targets, loss) for o in out])
+        inf = infinite_ensemble(out, targets, loss, n_subsets, average, seed)
+        v, verr = output_variance(out, loss)
+        stats[w] = (le, inf, v, verr, seeds)
+
+    le_max = stats[wmax][0]
+    wide_single = float(le_max[:, 0].mean())
+    wide_single_err = float(le_max[:, 0].std(ddof=1) / math.sqrt(len(le_max)))
+    l_inf_max = stats[wmax][1].l_inf
+    per_width = []
+    for w in widths:
+        le, inf, v, verr, seeds = stats[w]
+        E = len(le)
+        reaches = bool(inf.l_inf - inf.l_inf_err <= wide_single + wide_single_err)
+        per_width.append(WidthEnsemble(
+            w, seeds, excluded.get(w, []), float(le[:, 0].mean()), float(le[:, 0].std(ddof=1)),
+            float(le[:, 0].std(ddof=1) / math.sqrt(E)), float(le[:, 1].mean()), float(le[:, 1].std(ddof=1)),
+            inf, v, verr, float(inf.l_inf - l_inf_max), float(inf.l_inf - wide_single), reaches))
+
+    V = [p.variance for p in per_width]
+    Verr = [p.variance_err for p in per_width]
+    vf = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) else None)
+    variance_fit = {"exponent": vf.slope, "exponent_err": vf.slope_err, "log_prefactor": vf.intercept,
+                    "log_prefactor_err": vf.intercept_err, "n": vf.n, "paper_exponent": -1.0}
+    bf = fit_bias(widths, [p.ensemble.l_inf for p in per_width], [p.ensemble.l_inf_err for p in per_width])
+
+    agreement = _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed)
+
+    summary = _summary(per_width, variance_fit, bf, wide_single, wide_single_err)
+    step_out = int(step) if step is not None else int(run.logit_steps(wmax)[-1])
+    conventions = {
+        "ensemble": ("mean of logits before the softmax" if loss == "xent" else "mean of outputs")
+        if average == "outputs" else "mean of softmax probabilities",
+        "loss": "mean cross-entropy" if loss == "xent" else "mean over points of 0.5*sum_k (f_k - y_k)^2",
+        "l_inf": "intercept of a line fit of L(K) in 1/K; error = jackknife over seeds (+) fit error",
+        "variance": "variance over seeds (ddof=1) of " + ("class-centred logits" if loss == "xent" else "outputs")
+                    + ", averaged over test points and output coordinates; error = jackknife over seeds",
+        "error_bars": "single-model error bar = standard error of the mean over seeds",
+        "agreement": "pairs of different seeds; msd per output coordinate; ensembles on disjoint seed halves",
+    }
+    return EnsembleBiasResult(str(getattr(run, "path", "")), step_out, loss, average, conventions, widths,
+                              sorted(skipped), {int(k): v for k, v in excluded.items()}, per_width,
+                              variance_fit, bf, wide_single, wide_single_err, agreement, summary)
+
+
+def _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed) -> Agreement | None:
+    """Agreement with the widest width at every common evaluation step (or just ``step``)."""
+    wmax = widths[-1]
+    if over_training:
+        common = set(int(s) for s in run.logit_steps(widths[0]))
+        for w in widths[1:]:
+            common &= set(int(s) for s in run.logit_steps(w))
+        steps = sorted(common)
+    else:
+        steps = [int(step) if step is not None else int(run.logit_steps(wmax)[-1])]
+    if not steps:
+        return None
+    W = len(widths)
+    res = {k: [[float("nan")] * len(steps) for _ in range(W)]
+           for k in ("smsd", "stop", "emsd", "etop", "sl", "el")}
+    size = [0] * W
+    seeds_all = list(run.seeds)
+    for j, s in enumerate(track(steps, "agreement over training")):
+        outs = {}
+        for w in widths:
+            o = np.asarray(run.logits(w, s), np.float64)
+            keep = [seeds_all.index(x) for x in data[w][1]]
+            o = o[keep]
+            fin = np.isfinite(o.reshape(o.shape[0], -1)).all(1)
+            outs[w] = (o[fin], [x for x, f in zip(data[w][1], fin) if f])
+        ref, ref_seeds = outs[wmax]
+        for i, w in enumerate(widths):
+            o, sd = outs[w]
+            if len(o) == 0 or len(ref) == 0:
+                continue
+            d2, ag = pair_agreement(o, ref, loss, same_members=(w == wmax))
+            res["smsd"][i][j], res["stop"][i][j] = d2, ag
+            ed2, eag, h = ensemble_agreement(o, sd, ref, ref_seeds, loss, n_splits, seed, average)
+            res["emsd"][i][j], res["etop"][i][j] = ed2, eag
+            size[i] = h
+            res["sl"][i][j] = float(np.mean([loss_and_error(m, targets, loss)[0] for m in o]))
+            ens = _member_space(o, loss, average).mean(0)
+            res["el"][i][j] = loss_and_error(ens, targets, loss, probs=average == "probs")[0]
+    return Agreement(steps, widths, wmax, res["smsd"], res["stop"], res["emsd"], res["etop"], size,
+                     res["sl"], res["el"])
+
+
+def _summary(per_width, vfit, bf, wide_single, wide_err) -> list[str]:
+    lines = []
+    if np.isfinite(vfit["exponent"]):
+        lines.append(f"output variance ~ N^{vfit['exponent']:.2f} +- {vfit['exponent_err']:.2f} "
+                     f"(Vyas et al.: about -1)")
+    wmax = per_width[-1].width
+    narrow = [p for p in per_width if p.width != wmax]
+    if narrow:
+        reach = [p.width for p in narrow if p.reaches_wide]
+        miss = [p.width for p in narrow if not p.reaches_wide]
+        if miss:
+            lines.append(f"bias of narrower width: infinite ensembles of widths {miss} stay above the single "
+                         f"width-{wmax} model (loss {wide_single:.4g} +- {wide_err:.2g})")
+        if reach:
+            lines.append(f"ensembling widths {reach} reaches the single width-{wmax} model within error bars")
+    if bf is not None:
+        lines.append(f"L_inf(N) = {bf.l_wide:.4g} + {bf.b:.3g} N^-{bf.alpha:.2f} "
+                     f"(alpha in [{bf.alpha_lo:.2f}, {bf.alpha_hi:.2f}])")
+    return lines

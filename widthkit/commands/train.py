@@ -1,0 +1,45 @@
+"""`widthkit train RECIPE`: train a width ladder into a run store."""
+from __future__ import annotations
+
+import json
+
+NAME = "train"
+HELP = "train every width (and grid point) of a recipe into a run directory"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("recipe", help="TOML recipe (see recipes/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--executor", default="local", help="where jobs run: local (default)")
+    p.add_argument("--strategy", default=None, help="override the ensemble strategy: vectorized, loop, chunk:N")
+    p.add_argument("--seeds-per-job", type=int, default=None, help="split each width's seeds into jobs of N")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def default_out(recipe_path: str, overrides) -> str:
+    from ..recipe import apply_overrides, read_recipe_file
+    _, raw = read_recipe_file(recipe_path)
+    return f"runs/{apply_overrides(raw, overrides).get('name', 'ladder')}"
+
+
+def run(args) -> int:
+    from ..executors import get_executor
+    from ..ladder import train_ladder
+    from ..table import ladder_rows, print_ladder
+    out = args.out or default_out(args.recipe, args.overrides)
+    executor = get_executor(args.executor)
+    run_ = train_ladder(args.recipe, out, overrides=args.overrides, resume=args.resume, executor=executor,
+                        strategy=args.strategy, seeds_per_job=args.seeds_per_job)
+    views = [run_.select(i) for i in range(len(run_.points))]
+    if args.json:
+        from ..results import to_jsonable
+        print(json.dumps({"run": str(run_.path), "points": [
+            {"key": v.point_key, "widths": to_jsonable(ladder_rows(v))} for v in views]}, indent=1))
+    else:
+        for v in views:
+            print_ladder(v)
+        print(f"run store: {run_.path}")
+    return 0

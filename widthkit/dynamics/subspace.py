@@ -1,0 +1,174 @@
+"""Gradient descent in a tiny subspace (Gur-Ari et al. 2018) and projected SGD (Song, Ahn & Yun 2024).
+
+``track_subspace`` trains one member with SGD and, every ``every`` steps, measures the top-k Hessian
+eigenspace of the loss on a fixed batch and the fraction of that batch's gradient inside it, next to
+the same fraction for a random k-dim subspace (about k/P). ``projected_sgd`` trains from one init three
+ways: plain SGD, SGD with the gradient projected onto the top-k eigenspace ("top-only", Dom-SGD) and
+with that component removed ("bulk-only", Bulk-SGD). Everything lives in the coordinates where the
+parameterization's per-parameter lr makes the update plain SGD (see :mod:`.hessian`).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import WidthkitError
+from ..progress import bar
+from ..results import Result
+from .hessian import gradient_overlap, hessian_top_eigs, subspace_stability
+from .setup import member, options, resolve_recipe, subset
+from .train import GD, evaluate
+
+
+@dataclass
+class SubspaceTrack(Result):
+    """Overlap of the gradient with the top-k Hessian eigenspace over training (one member)."""
+
+    width: int
+    seed: int
+    k: int
+    num_params: int
+    lr: float
+    batch_size: int
+    hessian_batch: int
+    steps: list
+    overlap_sq: list           # ||P_k g||^2 / ||g||^2 (Gur-Ari et al. 2018)
+    overlap: list              # ||P_k g|| / ||g||
+    random_overlap_sq: list    # same fraction for a random k-dim subspace
+    random_expected: float     # k / P
+    top_eigenvalues: list      # [T][k]
+    stability_prev: list       # (1/k) sum_i ||P_k(t) v_i(t_prev)||^2 (None at the first step)
+    stability_final: list      # against the final top subspace
+    train_loss: list           # loss on the Hessian batch
+    test_acc: list
+    notes: str = ""
+
+
+@dataclass
+class ProjectedSGD(Result):
+    """Loss curves of plain, top-only and bulk-only SGD from one init (Song, Ahn & Yun 2024)."""
+
+    width: int
+    k: int
+    lr: float
+    refresh: int
+    steps: list
+    train_loss: dict = field(default_factory=dict)   # variant -> [T]
+    test_acc: dict = field(default_factory=dict)
+    notes: str = ""
+
+
+class _Batches:
+    def __init__(self, x, y, batch_size: int, seed: int):
+        self.x, self.y, self.bs = x, y, batch_size if 0 < batch_size < x.shape[0] else x.shape[0]
+        self.g = torch.Generator().manual_seed(seed)
+        self.perm, self.i = torch.randperm(x.shape[0], generator=self.g), 0
+
+    def __call__(self):
+        if self.i + self.bs > len(self.perm):
+            self.perm, self.i = torch.randperm(self.x.shape[0], generator=self.g), 0
+        idx = self.perm[self.i:self.i + self.bs]
+        self.i += self.bs
+        return self.x[idx], self.y[idx]
+
+
+def _setup(recipe, width, seed, steps, every, k, hessian_batch, overrides):
+    from ..ladder import load_recipe_task
+    r = resolve_recipe(recipe, overrides)
+    opt = options(r)
+    task = load_recipe_task(r)
+    if task.kind != "classification" and not k and not opt.k:
+        raise WidthkitError("k defaults to the number of classes; set dynamics.k for a regression task")
+    width = int(width or min(r.model.widths))
+    steps = int(steps or opt.steps or r.train.steps)
+    k = int(k or opt.k or task.num_classes)
+    hb = int(hessian_batch or opt.hessian_batch)
+    every = int(every or opt.every or max(steps // 20, 1))
+    model, scales = member(r, width, seed, task, torch.float32)
+    if r.optim.name != "sgd":
+        raise WidthkitError(f"subspace experiments use SGD; this recipe uses optim.name='{r.optim.name}'. "
+                            "Override with --set optim.name=sgd")
+    return r, opt, task, width, steps, k, hb, every, model, scales
+
+
+def track_subspace(recipe, width: int | None = None, seed: int = 0, *, steps: int | None = None,
+                   every: int | None = None, k: int | None = None, hessian_batch: int | None = None,
+                   overrides: list[str] | None = None) -> SubspaceTrack:
+    """Train one member with plain SGD (recipe lr, batch size, lr scales) and track the overlap."""
+    r, opt, task, width, steps, k, hb, every, model, scales = _setup(
+        recipe, width, seed, steps, every, k, hessian_batch, overrides)
+    xh, yh = subset(task, hb)
+    gd = GD(model, r.train.loss, scales)
+    batches = _Batches(task.x_train, task.y_train, r.data.batch_size, seed)
+    rec = {key: [] for key in ("steps", "overlap_sq", "overlap", "random_overlap_sq", "top_eigenvalues",
+                               "train_loss", "test_acc")}
+    Vs = []
+    P = 0
+    with bar("subspace", steps) as b:
+        for t in range(steps + 1):
+            if t % every == 0 or t == steps:
+                o = gradient_overlap(model, r.train.loss, (xh, yh), k, lr_scales=scales, tol=1e-4, seed=t)
+                P = o.num_params
+                Vs.append(o.eigenvectors.float())
+                rec["steps"].append(t)
+                rec["overlap_sq"].append(o.overlap_sq)
+                rec["overlap"].append(o.overlap)
+                rec["random_overlap_sq"].append(o.random_overlap_sq)
+                rec["top_eigenvalues"].append(o.eigenvalues)
+                rec["train_loss"].append(evaluate(model, r.train.loss, xh, yh)[0])
+                rec["test_acc"].append(evaluate(model, r.train.loss, task.x_test, task.y_test)[1])
+            if t < steps:
+                gd.step(*batches(), r.optim.lr)
+                b.advance()
+    stab_prev = [None] + [subspace_stability(Vs[i - 1], Vs[i]) for i in range(1, len(Vs))]
+    stab_final = [subspace_stability(V, Vs[-1]) for V in Vs]
+    notes = (f"plain SGD at the recipe lr ({r.optim.name}, momentum and schedule ignored) with the "
+             f"parameterization's lr scales; Hessian and gradient on the first {xh.shape[0]} training examples")
+    return SubspaceTrack(width, seed, k, P, r.optim.lr, batches.bs, int(xh.shape[0]), random_expected=k / P,
+                         stability_prev=stab_prev, stability_final=stab_final, notes=notes, **rec)
+
+
+def projected_sgd(recipe, width: int | None = None, seed: int = 0, *, steps: int | None = None,
+                  every: int | None = None, k: int | None = None, hessian_batch: int | None = None,
+                  refresh: int | None = None, overrides: list[str] | None = None) -> ProjectedSGD:
+    """Plain vs top-only vs bulk-only SGD from the same init; the top-k eigenspace (of the Hessian on a
+    fixed batch) is recomputed every ``refresh`` steps, warm-started from the previous one."""
+    r, opt, task, width, steps, k, hb, every, model0, scales = _setup(
+        recipe, width, seed, steps, every, k, hessian_batch, overrides)
+    refresh = int(refresh or opt.refresh)
+    xh, yh = subset(task, hb)
+    out = ProjectedSGD(width, k, r.optim.lr, refresh, [], notes=(
+        "top-only: gradient projected on the top-k Hessian eigenspace; bulk-only: that component removed; "
+        f"eigenspace of the Hessian on the first {xh.shape[0]} training examples, refreshed every {refresh} steps"))
+    variants = ("sgd", "top-only", "bulk-only")
+    with bar("projected-sgd", steps * len(variants)) as b:
+        for v in variants:
+            model = copy.deepcopy(model0)
+            gd = GD(model, r.train.loss, scales)
+            batches = _Batches(task.x_train, task.y_train, r.data.batch_size, seed)
+            V = None
+            losses, accs, ts = [], [], []
+            for t in range(steps + 1):
+                if v != "sgd" and t % refresh == 0 and t < steps:
+                    V = hessian_top_eigs(model, r.train.loss, (xh, yh), k, lr_scales=scales, tol=1e-4,
+                                         seed=t).eigenvectors.float()
+                if t % every == 0 or t == steps:
+                    ts.append(t)
+                    losses.append(evaluate(model, r.train.loss, xh, yh)[0])
+                    accs.append(evaluate(model, r.train.loss, task.x_test, task.y_test)[1])
+                if t == steps:
+                    break
+                if v == "sgd":
+                    tf = None
+                elif v == "top-only":
+                    tf = lambda g, V=V: V @ (V.T @ g)  # noqa: E731
+                else:
+                    tf = lambda g, V=V: g - V @ (V.T @ g)  # noqa: E731
+                gd.step(*batches(), r.optim.lr, tf)
+                b.advance()
+            out.steps = ts
+            out.train_loss[v] = losses
+            out.test_acc[v] = accs
+    return out

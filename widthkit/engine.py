@@ -1,0 +1,242 @@
+"""The ensemble engine: E members of one architecture trained as one stacked computation.
+
+Members' parameters are stacked along a leading member axis (``torch.func.
+stack_module_state``) and the forward pass is ``vmap(functional_call(...))``, so one
+call runs every member on its own minibatch.  Because members are independent, the
+gradient of the *sum* of member losses gives every member its own exact gradient.
+The optimizers (SGD with momentum/Nesterov, Adam, AdamW) are written functionally on
+the stacked tensors and follow ``torch.optim``'s update formulas, so a vectorized run
+matches members trained one by one with ``torch.optim`` up to float rounding.
+
+A member whose loss becomes NaN or inf is marked diverged at that step and its loss
+leaves the total; the others are untouched (their gradients never mix with it).  Divergence is
+tracked on the device, with no host synchronization inside the step loop.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .recipe import OptimSpec
+
+
+def member_losses(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-member mean loss over the batch: out [E,B,K], y [E,B] (labels) or [E,B,K].
+
+    ``mse`` is 0.5 * sum_k (f_k - y_k)^2 averaged over examples (labels become one-hot).
+    ``xent`` is the softmax cross-entropy averaged over examples.
+    """
+    E, B, K = out.shape
+    if loss == "xent":
+        return F.cross_entropy(out.reshape(E * B, K), y.reshape(E * B), reduction="none").view(E, B).mean(1)
+    target = F.one_hot(y, K).to(out.dtype) if y.dtype == torch.int64 else y.to(out.dtype).view(E, B, K)
+    return 0.5 * (out - target).pow(2).sum(-1).mean(1)
+
+
+def lr_at(step: int, spec: OptimSpec, total: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup, then constant, cosine or linear decay."""
+    if spec.warmup_steps and step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    if spec.schedule == "constant":
+        return spec.lr
+    t = (step - spec.warmup_steps) / max(total - spec.warmup_steps, 1)
+    if spec.schedule == "cosine":
+        return spec.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    return spec.lr * max(1.0 - t, 0.0)
+
+
+class Ensemble:
+    """E members of one architecture, stacked, with a functional optimizer.
+
+    ``members`` are initialized ``nn.Module`` s of identical architecture; ``lr_scales``
+    maps parameter names to per-parameter learning-rate multipliers.
+    """
+
+    def __init__(self, members: list[nn.Module], lr_scales: dict[str, float], optim: OptimSpec,
+                 loss: str, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+        self.device = torch.device(device)
+        self.template = copy.deepcopy(members[0]).to("meta")
+        params, buffers = stack_module_state([m.to(self.device) for m in members])
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.detach() for k, v in buffers.items()}
+        self.names = list(self.params)
+        self.scales = [float(lr_scales.get(n, 1.0)) for n in self.names]
+        self.optim = optim
+        self.loss = loss
+        self.autocast_dtype = autocast_dtype
+        self.size = len(members)
+        self.alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
+        self.diverged_step = torch.full((self.size,), -1, dtype=torch.int64, device=self.device)
+        self.t = 0  # optimizer steps taken
+        zeros = lambda: [torch.zeros_like(p) for p in self.params.values()]  # noqa: E731
+        self.state: dict[str, list[torch.Tensor]] = {}
+        if optim.name == "sgd" and optim.momentum > 0:
+            self.state["momentum"] = zeros()
+        elif optim.name in ("adam", "adamw"):
+            self.state["exp_avg"], self.state["exp_avg_sq"] = zeros(), zeros()
+        self._plan = _sequential_plan(self.template) if not self.buffers else None
+        self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="different")
+
+    # -------------------------------------------------------------- forward
+    def _forward_one(self, params, buffers, x):
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+        """Outputs [E, B, K] for per-member inputs x [E, B, ...]."""
+        self.template.train(train)
+        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with ctx:
+            if self._plan is not None:
+                return _run_plan(self._plan, self.params, x)
+            return self._vforward(self.params, self.buffers, x)
+
+    def member_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``i`` alone, in eval mode, through the plain module code path.
+
+        This is exactly what :meth:`member` returns as an ``nn.Module`` computes, so
+        stored evaluation outputs equal those of an extracted member bit for bit.
+        """
+        self.template.eval()
+        with torch.no_grad():
+            return functional_call(self.template, ({k: v[i] for k, v in self.params.items()},
+                                                   {k: v[i] for k, v in self.buffers.items()}), (x,))
+
+    # ------------------------------------------------------------- training
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step for every member on its own batch x [E,B,...], y [E,B(,K)].
+
+        Returns per-member minibatch losses and accuracies [E] (detached, on device;
+        accuracy is 0 for regression targets).
+        """
+        out = self.forward(x, train=True)
+        losses = member_losses(out.float(), y, self.loss)
+        with torch.no_grad():
+            correct = (out.argmax(-1) == y).float().mean(1) if y.dtype == torch.int64 else torch.zeros_like(losses)
+        finite = torch.isfinite(losses)
+        newly = self.alive & ~finite
+        self.diverged_step = torch.where(newly, torch.full_like(self.diverged_step, self.t), self.diverged_step)
+        self.alive = self.alive & finite
+        total = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
+        grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
+        self._update(grads, lr)
+        return losses.detach(), correct
+
+    @torch.no_grad()
+    def _update(self, grads, lr: float) -> None:
+        """One step of the optimizer on every stacked tensor, following ``torch.optim``.
+
+        Members are independent, so a diverged member's NaN gradients only touch its
+        own slices; no per-member masking is needed for the others to stay exact.
+        """
+        o = self.optim
+        self.t += 1
+        idx = [i for i, g in enumerate(grads) if g is not None]
+        params = [list(self.params.values())[i] for i in idx]
+        g = [grads[i] for i in idx]
+        plr = [lr * self.scales[i] for i in idx]
+        if o.name == "sgd":
+            if o.weight_decay:
+                g = torch._foreach_add(g, params, alpha=o.weight_decay)
+            if o.momentum > 0:
+                bufs = [self.state["momentum"][i] for i in idx]
+                if self.t == 1:
+                    torch._foreach_copy_(bufs, g)
+                else:
+                    torch._foreach_mul_(bufs, o.momentum)
+                    torch._foreach_add_(bufs, g)
+                g = torch._foreach_add(g, bufs, alpha=o.momentum) if o.nesterov else bufs
+            torch._foreach_sub_(params, torch._foreach_mul(g, plr))
+            return
+        b1, b2 = o.betas
+        if o.name == "adamw" and o.weight_decay:
+            torch._foreach_mul_(params, [1.0 - r * o.weight_decay for r in plr])
+        elif o.weight_decay:
+            g = torch._foreach_add(g, params, alpha=o.weight_decay)
+        m = [self.state["exp_avg"][i] for i in idx]
+        v = [self.state["exp_avg_sq"][i] for i in idx]
+        torch._foreach_lerp_(m, g, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, o.eps)
+        torch._foreach_addcdiv_(params, m, denom, [-r / bc1 for r in plr])
+
+    # ---------------------------------------------------------- extraction
+    def member(self, i: int) -> nn.Module:
+        """Member ``i`` as a plain ``nn.Module`` (eval mode) with identical outputs."""
+        m = copy.deepcopy(self.template).to_empty(device=self.device)
+        m.load_state_dict(self.member_state(i))
+        return m.eval()
+
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member ``i``'s ``state_dict`` (parameters and buffers)."""
+        sd = {k: v[i].detach().clone() for k, v in self.params.items()}
+        sd.update({k: v[i].clone() for k, v in self.buffers.items()})
+        return sd
+
+    # --------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"params": {k: v.detach() for k, v in self.params.items()}, "buffers": self.buffers,
+                "state": self.state, "alive": self.alive, "diverged_step": self.diverged_step, "t": self.t}
+
+    def load_state_dict(self, sd: dict) -> None:
+        with torch.no_grad():
+            for k, v in sd["params"].items():
+                self.params[k].copy_(v)
+            for k, v in sd["buffers"].items():
+                self.buffers[k].copy_(v)
+            for k, lst in sd["state"].items():
+                for dst, src in zip(self.state[k], lst):
+                    dst.copy_(src)
+        self.alive = sd["alive"].to(self.device)
+        self.diverged_step = sd["diverged_step"].to(self.device)
+        self.t = int(sd["t"])
+
+
+# ------------------------------------------------------------------ fast path
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.ELU)
+
+
+def _sequential_plan(template: nn.Module):
+    """A batched-matmul plan for ``nn.Sequential`` models of Flatten/Linear/elementwise layers.
+
+    Custom activation modules opt in with a class attribute ``elementwise = True``.
+
+    Such models (the MLP family) skip vmap's per-op dispatch: each Linear becomes one
+    ``baddbmm`` over the member axis.  Returns None for any other architecture.
+    """
+    if not isinstance(template, nn.Sequential):
+        return None
+    plan = []
+    for name, mod in template.named_children():
+        if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+            plan.append(("flatten", None))
+        elif type(mod) is nn.Linear:
+            plan.append(("linear", name))
+        elif isinstance(mod, _ELEMENTWISE) or getattr(mod, "elementwise", False):
+            plan.append(("apply", mod))
+        else:
+            return None
+    return plan
+
+
+def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    E, B = x.shape[:2]
+    for kind, arg in plan:
+        if kind == "flatten":
+            x = x.reshape(E, B, -1)
+        elif kind == "linear":
+            w = params[f"{arg}.weight"]
+            b = params.get(f"{arg}.bias")
+            x = torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        else:
+            x = arg(x)
+    return x

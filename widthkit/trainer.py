@@ -1,0 +1,309 @@
+"""Train the members (seeds) of one width with the ensemble engine.
+
+:func:`train_members` chooses how to group members (all at once, in chunks, or one
+by one) from a short measured probe, trains each group with :class:`Ensemble`,
+evaluates every member on the test set on a step grid (keeping the test outputs
+for later point-wise analyses), and checkpoints so an interrupted job resumes from
+its last checkpoint rather than from step 0.
+
+Every source of randomness is a pure function of (recipe seed, member seed, step),
+so results do not depend on the grouping, and a resumed job continues exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_path
+from .data import Task
+from .engine import Ensemble, lr_at, member_losses
+from .param import ParamTable
+from .progress import bar, info
+from .recipe import Recipe
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
+    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import WidthkitError
+        raise WidthkitError(f"train.device is '{name}' but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
+    return dev
+
+
+def total_steps(recipe: Recipe, task: Task) -> int:
+    if recipe.train.epochs > 0:
+        return max(1, int(round(recipe.train.epochs * steps_per_epoch(recipe, task))))
+    return recipe.train.steps
+
+
+def batch_size(recipe: Recipe, task: Task) -> int:
+    n = len(task.x_train)
+    return n if recipe.data.batch_size == 0 else min(recipe.data.batch_size, n)
+
+
+def steps_per_epoch(recipe: Recipe, task: Task) -> int:
+    return max(1, len(task.x_train) // batch_size(recipe, task))
+
+
+def eval_steps(recipe: Recipe, total: int) -> list[int]:
+    """Steps after which members are evaluated: 0, every ``eval_every``, and the last."""
+    steps = list(range(0, total, recipe.train.eval_every)) + [total]
+    return sorted(set(steps))
+
+
+class Batches:
+    """Per-member minibatches as a pure function of (member seed, step).
+
+    Finite tasks: each member walks its own permutation of the training set, fresh
+    every epoch.  Online tasks: each member draws fresh samples every step.
+    """
+
+    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device):
+        self.task, self.seeds, self.device = task, seeds, device
+        self.recipe_seed = recipe.seed
+        self.B = batch_size(recipe, task)
+        self.online = recipe.data.online
+        self.spe = steps_per_epoch(recipe, task)
+        self._perm_epoch = -1
+        self._perms: torch.Tensor | None = None
+        if not self.online:
+            self.x = task.x_train.to(device)
+            self.y = task.y_train.to(device)
+
+    def _permutations(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            n = len(self.task.x_train)
+            perms = [torch.randperm(n, generator=torch.Generator().manual_seed(
+                derive_seed(self.recipe_seed, s, "data", epoch))) for s in self.seeds]
+            self._perms, self._perm_epoch = torch.stack(perms).to(self.device), epoch
+        return self._perms
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.online:
+            xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
+                derive_seed(self.recipe_seed, s, "online", step))) for s in self.seeds))
+            return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+        epoch, pos = divmod(step, self.spe)
+        idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
+        return self.x[idx], self.y[idx]
+
+
+@dataclass
+class MemberResults:
+    """Everything recorded for a group of members (stacked along the member axis)."""
+
+    seeds: list[int]
+    steps: list[int] = field(default_factory=list)            # eval steps
+    train_loss: list[np.ndarray] = field(default_factory=list)  # per eval: [E]
+    train_acc: list[np.ndarray] = field(default_factory=list)
+    test_loss: list[np.ndarray] = field(default_factory=list)
+    test_acc: list[np.ndarray] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)      # per eval: [E, N, K]
+    diverged_step: np.ndarray | None = None
+    state: dict | None = None                                   # final stacked weights and buffers
+
+    @staticmethod
+    def concat(parts: list["MemberResults"]) -> "MemberResults":
+        """Join groups of members (same eval steps) along the member axis."""
+        cat = lambda name: [np.concatenate(v, axis=0) for v in zip(*(getattr(p, name) for p in parts))]  # noqa
+        out = MemberResults(seeds=[s for p in parts for s in p.seeds], steps=parts[0].steps, lr=parts[0].lr)
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            setattr(out, name, cat(name))
+        out.diverged_step = np.concatenate([p.diverged_step for p in parts])
+        out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
+        return out
+
+
+def evaluate(ens: Ensemble, task: Task, loss: str, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test outputs [E,N,K], loss [E] and accuracy [E] for every member (plain module path)."""
+    x = task.x_test.to(ens.device)
+    y = task.y_test.to(ens.device)
+    outs = torch.stack([torch.cat([ens.member_forward(i, x[j:j + batch]) for j in range(0, len(x), batch)])
+                        for i in range(ens.size)]).float()
+    yy = y.unsqueeze(0).expand(ens.size, *y.shape)
+    with torch.no_grad():
+        losses = member_losses(outs, yy, loss)
+        acc = (outs.argmax(-1) == yy).float().mean(1) if y.dtype == torch.int64 else torch.full_like(losses, math.nan)
+    return outs.cpu().numpy(), losses.cpu().numpy(), acc.cpu().numpy()
+
+
+def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    if recipe.train.dtype == "bfloat16":
+        if device.type == "cuda":
+            return torch.bfloat16
+        info("train.dtype = bfloat16 applies on GPU only; training in float32 on CPU")
+    return None
+
+
+def _group_sizes(strategy: str, n: int) -> int:
+    if strategy == "vectorized":
+        return n
+    if strategy == "loop":
+        return 1
+    return min(int(strategy.split(":")[1]), n)
+
+
+def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3) -> dict:
+    """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
+
+    Group sizes are all members, half, and one; on CPU, 1 thread and all threads are
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
+    """
+    n = len(batches.seeds)
+    sizes = sorted({n, max(n // 2, 1), 1}, reverse=True)
+    max_threads = torch.get_num_threads()
+    thread_options = sorted({1, max_threads}) if device.type == "cpu" else [max_threads]
+    x0, y0 = batches(0)
+    timings = {}
+    try:
+        for k in sizes:
+            ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device,
+                           _autocast_dtype(recipe, device))
+            x, y = x0[:k], y0[:k]
+            for threads in thread_options:
+                torch.set_num_threads(threads)
+                for i in range(steps + 1):
+                    if i == 1:
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                    ens.step(x, y, recipe.optim.lr * 1e-6)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                timings[(k, threads)] = (time.perf_counter() - t0) / steps / k
+    finally:
+        torch.set_num_threads(max_threads)
+    best_k, best_threads = min(timings, key=timings.get)
+    name = "vectorized" if best_k == n else "loop" if best_k == 1 else f"chunk:{best_k}"
+    return {"strategy": name, "threads": best_threads,
+            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}}
+
+
+def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
+                  ckpt_path: Path | None = None, strategy: str | None = None,
+                  label: str = "") -> tuple[MemberResults, dict, ParamTable]:
+    """Train ``seeds`` at ``width``; returns results, the strategy record and the param table.
+
+    ``build_member(recipe, width, seed, task) -> (model, ParamTable)`` builds one
+    initialized member.  With ``ckpt_path``, state is saved every
+    ``train.checkpoint_every`` steps and a later call resumes from it.
+    """
+    device = resolve_device(recipe.train.device)
+    total = total_steps(recipe, task)
+    evals = eval_steps(recipe, total)
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path is not None and ckpt_path.exists() else None
+    tables: list[ParamTable] = []
+
+    def make_members(idx: list[int]) -> list[nn.Module]:
+        models = []
+        for i in idx:
+            m, t = build_member(recipe, width, seeds[i], task)
+            models.append(m)
+            if not tables:
+                tables.append(t)
+        return models
+
+    make_members([0])
+    lr_scales = tables[0].lr_scales()
+    all_batches = Batches(recipe, task, seeds, device)
+    if ckpt is not None:
+        record = ckpt["record"]
+    else:
+        requested = strategy or recipe.train.strategy
+        if requested == "auto":
+            record = probe_strategy(make_members, lr_scales, recipe, all_batches, device) if len(seeds) > 1 \
+                else {"strategy": "vectorized"}
+        else:
+            record = {"strategy": requested}
+    record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
+    groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
+    done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
+    autocast = _autocast_dtype(recipe, device)
+    desc = label or f"width {width}"
+    threads_before = torch.get_num_threads()
+    if record.get("threads"):
+        torch.set_num_threads(record["threads"])
+    try:
+        _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
+                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
+    finally:
+        torch.set_num_threads(threads_before)
+    return MemberResults.concat(done), record, tables[0]
+
+
+def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
+                  autocast, total, evals, desc) -> None:
+    """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
+    has_dropout = any(isinstance(m, nn.Dropout) for m in make_members([0])[0].modules())
+    with bar(desc, total * len(seeds)) as pbar:
+        pbar.advance(total * sum(len(r.seeds) for r in done))
+        for group in groups[len(done):]:
+            gseeds = [seeds[i] for i in group]
+            ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast)
+            res = MemberResults(seeds=gseeds)
+            batches = Batches(recipe, task, gseeds, device)
+            start = 0
+            loss_sum = torch.zeros(len(group), device=device)
+            acc_sum = torch.zeros(len(group), device=device)
+            n_since = 0
+            if ckpt is not None and ckpt.get("current") is not None:
+                cur = ckpt["current"]
+                ens.load_state_dict(cur["ensemble"])
+                res, start = cur["results"], cur["step"]
+                loss_sum, acc_sum, n_since = cur["loss_sum"].to(device), cur["acc_sum"].to(device), cur["n_since"]
+                pbar.advance(start * len(group))
+            ckpt = None
+            for step in range(start, total + 1):
+                if step in evals and (not res.steps or res.steps[-1] != step):
+                    outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
+                    res.steps.append(step)
+                    res.lr.append(lr_at(step, recipe.optim, total) if step < total else 0.0)
+                    denom = max(n_since, 1)
+                    res.train_loss.append((loss_sum / denom).cpu().numpy() if n_since else tl * math.nan)
+                    res.train_acc.append((acc_sum / denom).cpu().numpy() if n_since else tl * math.nan)
+                    res.test_loss.append(tl)
+                    res.test_acc.append(ta)
+                    res.logits.append(outs.astype(np.float32))
+                    loss_sum.zero_(), acc_sum.zero_()
+                    n_since = 0
+                if step == total:
+                    break
+                if ckpt_path is not None and recipe.train.checkpoint_every and step > start and \
+                        step % recipe.train.checkpoint_every == 0:
+                    _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
+                                                         "loss_sum": loss_sum, "acc_sum": acc_sum,
+                                                         "n_since": n_since})
+                if has_dropout:
+                    torch.manual_seed(derive_seed(recipe.seed, gseeds[0], "dropout", step))
+                x, y = batches(step)
+                losses, correct = ens.step(x, y, lr_at(step, recipe.optim, total))
+                loss_sum += losses
+                acc_sum += correct
+                n_since += 1
+                pbar.advance(len(group))
+            res.diverged_step = ens.diverged_step.cpu().numpy()
+            res.state = {k: v.detach().cpu().numpy() for k, v in ens.state_dict()["params"].items()}
+            res.state.update({k: v.cpu().numpy() for k, v in ens.buffers.items()})
+            done.append(res)
+            if ckpt_path is not None and len(done) < len(groups):
+                _save_ckpt(ckpt_path, record, done, None)
+
+
+def _save_ckpt(path: Path, record: dict, done: list, current: dict | None) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"record": record, "done": done, "current": current}, tmp)

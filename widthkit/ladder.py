@@ -167,6 +167,8 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     if strategy:
         for j in jobs:
             j.strategy = strategy
+    for p in points:  # fail on missing data before anything is written
+        load_recipe_task(from_dict(p["recipe"]))
     index_path = out / "index.json"
     if index_path.exists() and not resume:
         raise WidthkitError(f"run directory '{out}' already holds a run; add --resume to continue it, "

@@ -63,8 +63,6 @@ class TrainSpec:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     dtype: str = "float32"        # float32 | bfloat16 (autocast on GPU)
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N
-    memory_budget_mb: float = 0.0  # cap on one chunk's estimated memory; 0 = no cap
-    compile: bool = False         # torch.compile the step (pays off on GPU for long runs)
     eval_batch_size: int = 2048
 
 
@@ -114,7 +112,7 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "memory_budget_mb", "compile", "eval_batch_size", "checkpoint_every"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every"):
             d["train"].pop(k, None)
         for k in ANALYSIS_SECTIONS:
             d.pop(k, None)

@@ -34,7 +34,6 @@ def coord_check(recipe, widths=None, steps: int = 5, seed: int = 0, batch: int =
     widths = sorted(widths or recipe.model.widths)
     probe = task.x_train[:batch]
     rms: dict[str, list[float]] = {}
-    layers: list[str] = []
     for w in widths:
         model, table = build_member(recipe, w, seed, task)
         ens = Ensemble([model], table.lr_scales(), recipe.optim, recipe.train.loss)
@@ -50,11 +49,10 @@ def coord_check(recipe, widths=None, steps: int = 5, seed: int = 0, batch: int =
             member(probe)
         for h in hooks:
             h.remove()
-        layers = list(acts)
         for n, v in acts.items():
             rms.setdefault(n, []).append(v)
     ratio = {n: float(v[-1] / v[0]) if v[0] > 0 else float("inf") for n, v in rms.items()}
-    return CoordCheckResult(recipe.param.kind, widths, steps, layers, rms, ratio)
+    return CoordCheckResult(recipe.param.kind, widths, steps, list(rms), rms, ratio)
 
 
 def plot_coord_check(results: list[CoordCheckResult], path) -> None:

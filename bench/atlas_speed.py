@@ -12,8 +12,6 @@ digits. Both runs use the same code path (``render_directions``), differing only
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import atlases  # noqa: E402
+from common import machine, update_results  # noqa: E402
 
 HEADING = "## Atlas icon rendering"
 
@@ -56,15 +55,6 @@ def augmented(x, y, n, seed=0):
     return out.reshape(len(out), 64)[:n], y.repeat(reps)[:n]
 
 
-def update_results(section: str, path: Path) -> None:
-    """Replace (or append) only our section of bench/RESULTS.md."""
-    text = path.read_text() if path.exists() else "# widthkit benchmarks\n"
-    pat = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{HEADING}\n{section.strip()}\n\n"
-    text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--icons", type=int, default=100)
@@ -90,9 +80,8 @@ def main(argv=None) -> int:
     print(f"{a.icons} icons x {a.steps} steps at {a.size}px: batched {tb:.1f}s, one by one {ts:.1f}s, "
           f"speed-up {ratio:.1f}x")
     assert batched.shape == single.shape
-    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     lines = [f"`python bench/atlas_speed.py --icons {a.icons} --steps {a.steps} --size {a.size}` "
-             f"({cpu}, torch {torch.__version__}); MLP 64-128-128-10 on 8x8 digits, layer `3`.", "",
+             f"({machine()}); MLP 64-128-128-10 on 8x8 digits, layer `3`.", "",
              "| icons | steps | size | batched (s) | one by one (s) | speed-up |", "|---|---|---|---|---|---|",
              f"| {a.icons} | {a.steps} | {a.size} | {tb:.1f} | {ts:.1f} | {ratio:.1f}x |"]
     if a.quickstart:
@@ -106,7 +95,7 @@ def main(argv=None) -> int:
         lines += ["", f"Quick-start atlas (`make_atlas`, {r.n_vectors} activations of augmented digits, "
                       f"12x12 grid, {r.n_cells} icons, 128 steps, 32 px): **{tq:.0f} s** total ({parts})."]
     if not a.no_write:
-        update_results("\n".join(lines), Path(__file__).with_name("RESULTS.md"))
+        update_results(HEADING, "\n".join(lines))
     return 0
 
 

@@ -151,7 +151,9 @@ class Ensemble:
                     torch._foreach_mul_(bufs, o.momentum)
                     torch._foreach_add_(bufs, g)
                 g = torch._foreach_add(g, bufs, alpha=o.momentum) if o.nesterov else bufs
-            torch._foreach_sub_(params, torch._foreach_mul(g, plr))
+            for r in set(plr):  # one fused in-place update per distinct lr (no scaled copy of g)
+                sel = [j for j, v in enumerate(plr) if v == r]
+                torch._foreach_add_([params[j] for j in sel], [g[j] for j in sel], alpha=-r)
             return
         b1, b2 = o.betas
         if o.name == "adamw" and o.weight_decay:
@@ -211,13 +213,16 @@ def _sequential_plan(template: nn.Module):
     Custom activation modules opt in with a class attribute ``elementwise = True``.
 
     Such models (the MLP family) skip vmap's per-op dispatch: each Linear becomes one
-    ``baddbmm`` over the member axis.  Returns None for any other architecture.
+    ``baddbmm`` over the member axis.  Returns None for any other architecture (or a
+    Flatten after the first Linear).
     """
     if not isinstance(template, nn.Sequential):
         return None
     plan = []
     for name, mod in template.named_children():
         if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
+            if any(kind == "linear" for kind, _ in plan):
+                return None
             plan.append(("flatten", None))
         elif type(mod) is nn.Linear:
             plan.append(("linear", name))
@@ -229,14 +234,19 @@ def _sequential_plan(template: nn.Module):
 
 
 def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run the plan on x [E, B, ...] with activations kept feature-major, h^T [E, features, B].
+
+    In that layout each layer is ``W @ h^T``, whose weight gradient ``grad @ h`` comes out
+    contiguous in W's own layout; with ``h @ W^T`` it would be a transposed view, and the
+    optimizer's elementwise updates on it run several times slower for wide layers.
+    """
     E, B = x.shape[:2]
+    h = x.reshape(E, B, -1).transpose(1, 2)
     for kind, arg in plan:
-        if kind == "flatten":
-            x = x.reshape(E, B, -1)
-        elif kind == "linear":
+        if kind == "linear":
             w = params[f"{arg}.weight"]
             b = params.get(f"{arg}.bias")
-            x = torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-        else:
-            x = arg(x)
-    return x
+            h = torch.bmm(w, h) if b is None else torch.baddbmm(b.unsqueeze(2), w, h)
+        elif kind == "apply":
+            h = arg(h)
+    return h.transpose(1, 2)

@@ -49,6 +49,7 @@ class DataSpec:
     root: str = ""
     batch_size: int = 64          # 0 = full batch
     online: bool = False          # draw fresh samples every step
+    shared_batches: bool = False  # every member sees the same minibatches: members differ only in their init
     options: dict = field(default_factory=dict)  # extra keys, passed to load_task
 
 
@@ -63,6 +64,7 @@ class TrainSpec:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     dtype: str = "float32"        # float32 | bfloat16 (autocast on GPU)
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N
+    memory_budget_mb: float = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
 
 
@@ -112,7 +114,7 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb"):
             d["train"].pop(k, None)
         for k in ANALYSIS_SECTIONS:
             d.pop(k, None)
@@ -207,7 +209,8 @@ def _validate(r: Recipe) -> None:
             raise WidthkitError(f"recipe key '{key}' is {v}; it must be positive")
     nonneg = {"data.batch_size": r.data.batch_size, "optim.momentum": r.optim.momentum,
               "optim.weight_decay": r.optim.weight_decay, "optim.warmup_steps": r.optim.warmup_steps,
-              "train.checkpoint_every": r.train.checkpoint_every, "param.base_width": r.param.base_width}
+              "train.checkpoint_every": r.train.checkpoint_every, "param.base_width": r.param.base_width,
+              "train.memory_budget_mb": r.train.memory_budget_mb}
     for key, v in nonneg.items():
         if v < 0:
             raise WidthkitError(f"recipe key '{key}' is {v}; it must be zero or positive")

@@ -69,7 +69,9 @@ class Batches:
     """Per-member minibatches as a pure function of (member seed, step).
 
     Finite tasks: each member walks its own permutation of the training set, fresh
-    every epoch.  Online tasks: each member draws fresh samples every step.
+    every epoch.  Online tasks: each member draws fresh samples every step.  With
+    ``data.shared_batches`` every member gets the same batches, so members differ only
+    in their initialization (the ensemble variance is then init variance alone).
     """
 
     def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device):
@@ -77,6 +79,8 @@ class Batches:
         self.recipe_seed = recipe.seed
         self.B = batch_size(recipe, task)
         self.online = recipe.data.online
+        self.shared = recipe.data.shared_batches
+        self.streams = ["shared"] if self.shared else seeds  # one data stream per distinct order
         self.spe = steps_per_epoch(recipe, task)
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
@@ -88,18 +92,23 @@ class Batches:
         if epoch != self._perm_epoch:
             n = len(self.task.x_train)
             perms = [torch.randperm(n, generator=torch.Generator().manual_seed(
-                derive_seed(self.recipe_seed, s, "data", epoch))) for s in self.seeds]
+                derive_seed(self.recipe_seed, s, "data", epoch))) for s in self.streams]
             self._perms, self._perm_epoch = torch.stack(perms).to(self.device), epoch
         return self._perms
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
             xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
-                derive_seed(self.recipe_seed, s, "online", step))) for s in self.seeds))
-            return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
-        epoch, pos = divmod(step, self.spe)
-        idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
-        return self.x[idx], self.y[idx]
+                derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
+            x, y = torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+        else:
+            epoch, pos = divmod(step, self.spe)
+            idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
+            x, y = self.x[idx], self.y[idx]
+        if self.shared:
+            n = len(self.seeds)
+            x, y = x.expand(n, *x.shape[1:]), y.expand(n, *y.shape[1:])
+        return x, y
 
 
 @dataclass
@@ -158,14 +167,48 @@ def _group_sizes(strategy: str, n: int) -> int:
     return min(int(strategy.split(":")[1]), n)
 
 
+def activation_bytes(ens: Ensemble, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward in one training forward of ``ens`` (its activation memory).
+
+    Counted exactly, from the tensors saved for backward (each storage once), so it is
+    the same on every device and needs no allocator statistics.
+    """
+    views: dict[tuple, set] = {}
+
+    def pack(t: torch.Tensor):
+        key = (t.untyped_storage().data_ptr(), t.device.type)
+        views.setdefault(key, set()).add((t.storage_offset(), t.numel() * t.element_size()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        member_losses(ens.forward(x, train=True).float(), y, ens.loss).sum()
+    own = {(p.untyped_storage().data_ptr(), p.device.type) for p in ens.params.values()}
+    # a storage counts once, by the parts of it that were saved (a view of the input is not all of it)
+    return int(sum(sum(n for _, n in v) for k, v in views.items() if k not in own))  # weights are not activations
+
+
+def max_group(make_members, lr_scales, recipe: Recipe, batches: Batches, device) -> tuple[int, float]:
+    """Largest group whose activations fit ``train.memory_budget_mb``, and MB per member."""
+    n = len(batches.seeds)
+    if not recipe.train.memory_budget_mb:
+        return n, math.nan
+    k = min(n, 2)  # two members, so vmap's batched layout is part of the per-member cost
+    ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device)
+    x, y = batches(0)
+    per = activation_bytes(ens, x[:k], y[:k]) / k / 2**20
+    return max(1, min(n, int(recipe.train.memory_budget_mb // max(per, 1e-9)))), per
+
+
 def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3) -> dict:
     """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
 
-    Group sizes are all members, half, and one; on CPU, 1 thread and all threads are
-    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
+    Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``;
+    on CPU, 1 thread and all threads are tried too, because tiny ops run far faster
+    single-threaded (no OpenMP wake-ups).
     """
     n = len(batches.seeds)
-    sizes = sorted({n, max(n // 2, 1), 1}, reverse=True)
+    cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
+    sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     max_threads = torch.get_num_threads()
     thread_options = sorted({1, max_threads}) if device.type == "cpu" else [max_threads]
     x0, y0 = batches(0)
@@ -190,8 +233,12 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
         torch.set_num_threads(max_threads)
     best_k, best_threads = min(timings, key=timings.get)
     name = "vectorized" if best_k == n else "loop" if best_k == 1 else f"chunk:{best_k}"
-    return {"strategy": name, "threads": best_threads,
-            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}}
+    record = {"strategy": name, "threads": best_threads,
+              "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}}
+    if recipe.train.memory_budget_mb:
+        record.update(memory_budget_mb=recipe.train.memory_budget_mb,
+                      activation_mb_per_member=round(per_member_mb, 3))
+    return record
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,

@@ -52,3 +52,29 @@ def test_atlas_width_command(tiny_run, tmp_path, capsys):
     assert all(0 <= a <= 1 for a in res["best_neuron_acc"] + res["group_acc"])
     assert all(g >= n - 0.05 for g, n in zip(res["group_acc"], res["best_neuron_acc"]))
     assert (tmp_path / "atlas_width.png").exists() and json.loads((tmp_path / "atlas_width.json").read_text())
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("vit_tiny_patch16_224", 32)])
+def test_timm_checkpoint_loads_exactly_on_builtin_digits(tmp_path, capsys, name, size):
+    """`atlas --timm NAME --checkpoint F --data digits` rebuilds the saved model exactly (same outputs)
+    and feeds it 3-channel digits at the image size; a checkpoint of another model is one line."""
+    import argparse
+
+    import timm
+    import torch
+
+    from widthkit.commands.atlas import load_timm
+    kw = {"img_size": size} if name.startswith("vit") else {}
+    torch.manual_seed(0)
+    saved = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    torch.save(saved.state_dict(), tmp_path / "w.pt")
+    args = argparse.Namespace(timm=name, checkpoint=str(tmp_path / "w.pt"), data="digits", image_size=None)
+    model, x, y, _, _ = load_timm(args)
+    assert x.shape[1:] == (3, size, size) and len(x) == len(y)
+    assert torch.equal(x[:, 0], x[:, 2])  # gray digits made 3-channel
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:4]), saved(x[:4]))
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    code = main(["atlas", "--timm", name, "--checkpoint", str(tmp_path / "other.pt"), "--data", "digits"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "checkpoint does not fit" in err and len(err.splitlines()) == 1

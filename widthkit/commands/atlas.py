@@ -1,7 +1,8 @@
 """``widthkit atlas``: an activation atlas of one ladder member, or of any timm model with local weights.
 
     widthkit atlas RUN --width W --seed S [--layer L] [--out DIR]
-    widthkit atlas --timm NAME --checkpoint FILE --data imagefolder:PATH [--layer L] --out DIR
+    widthkit atlas --timm NAME --checkpoint FILE --data digits|cifar10:ROOT|cifar100:ROOT|imagefolder:PATH
+                   [--image-size S] [--layer L] --out DIR
 
 Activations are collected on the training inputs of the run's task (the same data,
 shapes and normalization the member was trained on). The default layer is the
@@ -21,7 +22,11 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="member seed (default: the first)")
     p.add_argument("--timm", default=None, metavar="NAME", help="a timm model name instead of a run")
     p.add_argument("--checkpoint", default=None, help="local weights for --timm (a state dict file)")
-    p.add_argument("--data", default=None, help="data for --timm, e.g. imagefolder:PATH")
+    p.add_argument("--data", default=None,
+                   help="images for --timm: digits (built in), cifar10:ROOT, cifar100:ROOT or imagefolder:PATH")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size for --timm (default: the model's for image folders, 32 otherwise); "
+                        "images are resized and made 3-channel to fit")
     p.add_argument("--layer", default=None, help="module name to atlas (default: penultimate)")
     p.add_argument("--class", dest="class_index", type=int, default=None,
                    help="class atlas: keep the activations most attributed to this class")
@@ -72,37 +77,58 @@ def load_member(args):
     return model, task.x_train, y, Path(args.run), f"w{width}-s{seed}"
 
 
+IMAGE_DATA = ("digits", "cifar10", "cifar100", "imagefolder")
+
+
 def load_timm(args):
-    """(model, x, y, out_dir, label) for a timm model with local weights."""
+    """(model, x, y, out_dir, label) for a timm model with local weights, on 3-channel images."""
     import timm
     import torch
+    import torch.nn.functional as F
 
     from ..data import load_task
-    from ..errors import WidthkitError
+    from ..errors import WidthkitError, unknown
     if not args.checkpoint or not args.data:
-        raise WidthkitError("--timm needs --checkpoint FILE and --data imagefolder:PATH (nothing is downloaded)")
+        raise WidthkitError("--timm needs --checkpoint FILE and --data digits|cifar10:ROOT|imagefolder:PATH "
+                            "(nothing is downloaded)")
+    kind, _, root = args.data.partition(":")
+    if kind not in IMAGE_DATA:
+        raise unknown("--data kind", kind, IMAGE_DATA)
+    if kind != "digits" and not root:
+        raise WidthkitError(f"--data {kind} needs the folder it lives in: --data {kind}:PATH")
     if not Path(args.checkpoint).is_file():
         raise WidthkitError(f"checkpoint '{args.checkpoint}' not found; give a local state-dict file")
     if timm.list_models(args.timm) != [args.timm]:
-        from ..errors import unknown
         raise unknown("timm model", args.timm, timm.list_models())
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    model = timm.create_model(args.timm, pretrained=False)
-    head = f"{model.pretrained_cfg.get('classifier', 'head')}.weight"
+    cfg = timm.create_model(args.timm, pretrained=False).pretrained_cfg
+    size = args.image_size or (int(cfg.get("input_size", (3, 224, 224))[-1]) if kind == "imagefolder" else 32)
+    kw = {"pretrained": False}
+    head = f"{cfg.get('classifier', 'head')}.weight"
     if head in state:
-        model = timm.create_model(args.timm, pretrained=False, num_classes=int(state[head].shape[0]))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        kw["num_classes"] = int(state[head].shape[0])
+    try:  # models with a fixed input size (ViTs) are built for the data's size
+        model = timm.create_model(args.timm, img_size=size, **kw)
+    except TypeError:
+        model = timm.create_model(args.timm, **kw)
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise WidthkitError(f"checkpoint does not fit {args.timm} at image size {size}: {first}; "
+                            "pass the --image-size it was trained at") from None
     if missing:
         raise WidthkitError(f"checkpoint does not fit {args.timm}: {len(missing)} missing keys "
                             f"(e.g. {missing[0]}); is it a state dict of this model?")
-    kind, _, root = args.data.partition(":")
-    if kind != "imagefolder" or not root:
-        raise WidthkitError(f"--data must be imagefolder:PATH, got '{args.data}'")
-    size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    task = load_task("imagefolder", root=root, size=size)
-    name = args.timm.replace("/", "_")
-    return model.eval(), task.x_train, task.y_train, Path(root), name
+    task = load_task(kind, root=root, **({"size": size} if kind == "imagefolder" else {}))
+    x = task.x_train.reshape(len(task.x_train), *task.in_shape)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    out = Path(root) if root else Path("runs")
+    return model.eval(), x.contiguous(), task.y_train, out, args.timm.replace("/", "_")
 
 
 def run(args) -> int:

@@ -2,8 +2,11 @@
 
 A job is one (grid point, width, group of seeds).  Workers train a job and write its
 shard atomically; the driver alone writes ``index.json``, so HDF5 files never have
-two writers.  Rerunning with ``resume=True`` keeps every finished shard, recomputes
-missing or corrupt ones, and resumes unfinished jobs from their checkpoints.
+two writers.  Rerunning with ``resume=True`` keeps every finished shard (also those a
+worker wrote after the driver died), recomputes missing or corrupt ones, and resumes
+unfinished jobs from their checkpoints in ``RUN/ckpt``.  A job that fails is marked
+``failed`` in the index with its error; the others go on, and the driver then raises
+one :class:`WidthkitError` naming every failed job.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -24,8 +28,8 @@ from .models import create_model
 from .param import ParamTable, mup_architecture, parameterize
 from .progress import info, warn
 from .recipe import Recipe, apply_overrides, expand_grid, from_dict, read_recipe_file
-from .store import (FORMAT, FORMAT_VERSION, Run, job_id, now, read_index, shard_ok, versions, write_index,
-                    write_shard)
+from .store import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, Run, job_id, now, read_index, shard_ok, versions,
+                    write_index, write_shard)
 from .trainer import derive_seed, train_members
 
 
@@ -105,12 +109,44 @@ class Job:
         return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
 
 
+def job_params(job: Job) -> int:
+    """Parameters per member times members: a job's size (executors use it to share GPUs)."""
+    recipe = from_dict(job.recipe)
+    task = load_recipe_task(recipe)
+    with torch.device("meta"):
+        model = create_model(recipe.model.family, width=job.width, **_model_kwargs(recipe, task))
+    return sum(p.numel() for p in model.parameters()) * len(job.seeds)
+
+
+def checkpoint_progress(path: Path) -> dict | None:
+    """Where a job's checkpoint left off: ``{"members_done", "step"}``, or None without one.
+
+    An unreadable checkpoint (a disk fault; writes are atomic) is removed with a
+    warning, so the job restarts from step 0 instead of failing on every attempt.
+    """
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
+        cur = ckpt["current"]
+        return {"members_done": sum(len(r.seeds) for r in ckpt["done"]), "step": int(cur["step"]) if cur else 0}
+    except Exception as e:  # noqa: BLE001 - any unpickling error means the same thing here
+        warn(f"checkpoint '{path}' is unreadable ({type(e).__name__}); restarting its job from step 0")
+        path.unlink(missing_ok=True)
+        return None
+
+
 def run_job(job: Job) -> dict:
-    """Train one job and write its shard (runs in a worker); returns its index record."""
+    """Train one job and write its shard (runs in a worker); returns its index record.
+
+    A job whose worker died resumes from its checkpoint; the record's ``resumed_from``
+    says from where.
+    """
     recipe = from_dict(job.recipe)
     task = load_recipe_task(recipe)
     t0 = time.perf_counter()
     job.ckpt.parent.mkdir(parents=True, exist_ok=True)
+    resumed = checkpoint_progress(job.ckpt)
     label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key else "")
     results, record, table = train_members(recipe, job.width, job.seeds, task, build_member=build_member,
                                            ckpt_path=job.ckpt, strategy=job.strategy, label=label)
@@ -123,8 +159,11 @@ def run_job(job: Job) -> dict:
     if n_div:
         warn(f"width {job.width}: {n_div} of {len(job.seeds)} members diverged (NaN/inf loss); "
              "they are marked diverged in the store")
-    return {"status": "done", "seconds": round(seconds, 3), "strategy": record,
-            "params": count_params(table), "diverged": n_div}
+    out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(table),
+           "diverged": n_div}
+    if resumed is not None:
+        out["resumed_from"] = resumed
+    return out
 
 
 # -------------------------------------------------------------------- driver
@@ -157,7 +196,9 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     """Train every width (and grid point) of ``recipe`` into the run directory ``out``.
 
     ``recipe`` is a TOML path, a raw dict or a :class:`Recipe`.  ``executor`` is
-    ``"local"`` (default), ``"ray"`` or an executor object.  Returns the :class:`Run`.
+    ``"local"`` (default), ``"ray"`` or an executor object (see :mod:`widthkit.executors`).
+    Returns the :class:`Run`; if jobs failed, the others are kept and a one-line
+    :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
     """
     from .executors import get_executor
     text, raw = _raw_recipe(recipe)
@@ -193,6 +234,10 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     for j in jobs:
         rec = index["jobs"][j.id]
         fp = points[j.point]["fingerprint"]
+        other = _foreign_fingerprint(j.shard, fp)
+        if other:
+            raise WidthkitError(f"shard '{j.shard}' comes from a different recipe (fingerprint {other} != {fp}); "
+                                "refusing to mix runs: use a fresh --out directory")
         if j.shard.exists() and shard_ok(j.shard, fp):
             if rec["status"] != "done":
                 rec["status"] = "done"  # the worker finished; the driver died before recording it
@@ -200,6 +245,8 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
         if rec["status"] == "done" or j.shard.exists():
             warn(f"shard '{j.shard}' is missing or corrupt; recomputing it")
             j.shard.unlink(missing_ok=True)
+        for stale in ("error", "traceback", "resumed_from"):
+            rec.pop(stale, None)
         rec["status"] = "pending"
         pending.append(j)
     index["updated"] = now()
@@ -214,5 +261,26 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
         write_index(out, index)
 
     get_executor(executor).run(pending, run_job, on_done)
-    shutil.rmtree(out / "ckpt", ignore_errors=True)
+    failed = [j.id for j in pending if index["jobs"][j.id]["status"] == "failed"]
+    if failed:
+        raise WidthkitError(failure_summary(index, failed, len(jobs), out))
+    if all(rec["status"] == "done" for rec in index["jobs"].values()):
+        shutil.rmtree(out / "ckpt", ignore_errors=True)
     return Run(out)
+
+
+def failure_summary(index: dict, failed: list[str], n_jobs: int, out: Path) -> str:
+    """One line naming every failed job and its error, and how to continue."""
+    errors = "; ".join(f"{k}: {index['jobs'][k].get('error', '?')}" for k in failed)
+    return (f"{len(failed)} of {n_jobs} jobs failed ({errors}); finished jobs are saved in '{out}' "
+            f"(tracebacks in its index.json). Fix the cause and rerun the same command with --resume")
+
+
+def _foreign_fingerprint(path: Path, fingerprint: str) -> str | None:
+    """The fingerprint of a readable shard of *another* recipe at ``path``, else None."""
+    try:
+        with h5py.File(path, "r") as f:
+            other = f.attrs.get("fingerprint") if f.attrs.get("format") == SHARD_FORMAT else None
+    except OSError:  # missing or unreadable: recomputed, not refused
+        return None
+    return str(other) if other is not None and other != fingerprint else None

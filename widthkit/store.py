@@ -110,11 +110,11 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
     if f.attrs.get("format") != SHARD_FORMAT:
         f.close()
         raise WidthkitError(f"'{path}' is not a widthkit shard; remove it or point to a widthkit run directory")
-    if fingerprint is not None and f.attrs.get("fingerprint") != fingerprint:
+    theirs = f.attrs.get("fingerprint")
+    if fingerprint is not None and theirs != fingerprint:
         f.close()
-        raise WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint "
-                            f"{f.attrs.get('fingerprint')} != {fingerprint}); refusing to mix runs: "
-                            "use a fresh --out directory")
+        raise WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != "
+                            f"{fingerprint}); refusing to mix runs: use a fresh --out directory")
     try:
         for key in ("metrics/step", "logits/values", "members/seed", "targets", "state"):
             f[key]
@@ -345,6 +345,17 @@ class Run:
     def __repr__(self) -> str:
         pts = f", points={len(self.points)}" if len(self.points) > 1 else ""
         return f"Run('{self.path}', widths={self.widths if self._point is not None else '?'}{pts})"
+
+
+def analysable_widths(run) -> list[int]:
+    """A run's finished widths, for an analysis: warns naming unfinished ones, fails if none is finished."""
+    from .progress import warn
+    unfinished = sorted(int(w) for w in (run.unfinished or []))
+    if unfinished:
+        warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
+    if not run.widths:
+        raise WidthkitError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
+    return sorted(int(w) for w in run.widths)
 
 
 def open_run(path: str | Path) -> Run:

@@ -10,6 +10,22 @@ from .store import Run
 _out = Console()
 
 
+def show(table: Table, summary=()) -> None:
+    """Print a rich table and its summary lines on stdout; wide enough when stdout is a file or pipe."""
+    import sys
+    con = _out if sys.stdout.isatty() else Console(width=160)
+    con.print(table)
+    for line in summary:
+        con.print(line, highlight=False)
+
+
+def cell(x, e=None, digits: str = ".4g", err_digits: str = ".2g") -> str:
+    """A table cell 'x ± e'; '-' for missing or non-finite values."""
+    if x is None or not np.isfinite(x):
+        return "-"
+    return f"{x:{digits}}" + (f" ± {e:{err_digits}}" if e is not None and np.isfinite(e) else "")
+
+
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     """Print a table to stdout; numbers are formatted compactly."""
     t = Table(title=title, title_justify="left")

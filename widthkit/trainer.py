@@ -199,18 +199,29 @@ def max_group(make_members, lr_scales, recipe: Recipe, batches: Batches, device)
     return max(1, min(n, int(recipe.train.memory_budget_mb // max(per, 1e-9)))), per
 
 
-def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3) -> dict:
+def _strategy_name(k: int, n: int) -> str:
+    return "vectorized" if k == n else "loop" if k == 1 else f"chunk:{k}"
+
+
+def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
+                   pinned: int | None = None) -> dict:
     """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
 
-    Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``;
-    on CPU, 1 thread and all threads are tried too, because tiny ops run far faster
-    single-threaded (no OpenMP wake-ups).
+    Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
+    (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
     """
     n = len(batches.seeds)
-    cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
-    sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     max_threads = torch.get_num_threads()
     thread_options = sorted({1, max_threads}) if device.type == "cpu" else [max_threads]
+    per_member_mb = math.nan
+    if pinned is not None:
+        sizes = [pinned]
+    else:
+        cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
+        sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
+    if len(sizes) * len(thread_options) == 1:
+        return {"strategy": _strategy_name(sizes[0], n)}
     x0, y0 = batches(0)
     timings = {}
     try:
@@ -232,8 +243,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     finally:
         torch.set_num_threads(max_threads)
     best_k, best_threads = min(timings, key=timings.get)
-    name = "vectorized" if best_k == n else "loop" if best_k == 1 else f"chunk:{best_k}"
-    record = {"strategy": name, "threads": best_threads,
+    record = {"strategy": _strategy_name(best_k, n), "threads": best_threads,
               "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}}
     if recipe.train.memory_budget_mb:
         record.update(memory_budget_mb=recipe.train.memory_budget_mb,
@@ -253,7 +263,8 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path is not None and ckpt_path.exists() else None
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") \
+        if ckpt_path is not None and ckpt_path.exists() else None  # CPU first: written on any node
     tables: list[ParamTable] = []
 
     def make_members(idx: list[int]) -> list[nn.Module]:
@@ -272,11 +283,8 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         record = ckpt["record"]
     else:
         requested = strategy or recipe.train.strategy
-        if requested == "auto":
-            record = probe_strategy(make_members, lr_scales, recipe, all_batches, device) if len(seeds) > 1 \
-                else {"strategy": "vectorized"}
-        else:
-            record = {"strategy": requested}
+        pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
+        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
     done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []

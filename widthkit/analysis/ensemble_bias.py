@@ -43,6 +43,7 @@ import numpy as np
 from ..errors import WidthkitError
 from ..fitting import LineFit, fit_line, fit_power_law
 from ..progress import info, track, warn
+from ..store import analysable_widths
 from ..results import Result
 
 AVERAGES = ("outputs", "probs")
@@ -419,12 +420,8 @@ def ensemble_bias(run, step: int | None = None, n_subsets: int = 64, average: st
     if loss not in ("xent", "mse"):
         raise WidthkitError(f"ensemble-bias supports xent and mse runs, not '{loss}'")
     _member_space(np.zeros((1, 1, 2)), loss, average)  # validates `average` early
+    widths = analysable_widths(run)
     unfinished = sorted(int(w) for w in (run.unfinished or []))
-    if unfinished:
-        warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
-    widths = sorted(int(w) for w in run.widths)
-    if not widths:
-        raise WidthkitError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
     step = _resolve_step(run, widths, step)
     targets = np.asarray(run.targets())
     seeds_all = list(run.seeds)

@@ -33,6 +33,7 @@ from ..atomic import atomic_path
 from ..errors import WidthkitError, unknown
 from ..fitting import fit_line
 from ..progress import info, track, warn
+from ..store import analysable_widths
 from ..results import Result
 from . import probes as P
 
@@ -285,12 +286,8 @@ def transfer(run, target: str | None = None, layer: str | None = None, probe: st
     if tuple(tgt.in_shape) != tuple(source.in_shape):
         raise WidthkitError(f"target '{target}' has inputs of shape {tuple(tgt.in_shape)} but the run was trained "
                             f"on {tuple(source.in_shape)}; choose a target with the same input shape")
+    widths = analysable_widths(run)
     unfinished = sorted(int(w) for w in (run.unfinished or []))
-    if unfinished:
-        warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
-    widths = sorted(int(w) for w in run.widths)
-    if not widths:
-        raise WidthkitError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
     # validate the layer name once, on the narrowest member, before any long work
     if layer != PENULTIMATE:
         m0 = run.load_member(widths[0], run.seeds[0])

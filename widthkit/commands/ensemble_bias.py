@@ -1,7 +1,6 @@
 """``widthkit ensemble-bias RUN``: output variance and bias of narrower width (Vyas et al. 2023)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 NAME = "ensemble-bias"
@@ -21,21 +20,13 @@ def add_arguments(p) -> None:
 
 
 def _fmt(x: float, e: float | None = None, nd: int = 4) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.{nd}g}" + (f" ± {e:.2g}" if e is not None and math.isfinite(e) else "")
-
-
-def _console():
-    """A rich console; wide enough for the table when stdout is not a terminal (files, pipes)."""
-    import sys
-    from rich.console import Console
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    from ..table import cell
+    return cell(x, e, f".{nd}g")
 
 
 def print_table(res) -> None:
     """The per-width results as a rich table on stdout, plus the summary lines."""
-    from rich.console import Console
+    from ..table import show
     from rich.table import Table
     t = Table(title=f"ensemble bias at step {res.step} ({res.loss}; ensembles average {res.averaged})")
     for col in ("width", "E", "single loss", "single err", f"ens(E) loss", "ens(E) err", "L_inf",
@@ -47,10 +38,7 @@ def print_table(res) -> None:
                   _fmt(p.ensemble.curve.error[-1], None, 3), _fmt(p.ensemble.l_inf, p.ensemble.l_inf_err),
                   _fmt(p.variance, p.variance_err, 3), _fmt(p.bias_vs_single, p.ensemble.l_inf_err, 3),
                   "yes" if p.reaches_wide else "no")
-    con = _console()
-    con.print(t)
-    for line in res.summary:
-        con.print(line, highlight=False)
+    show(t, res.summary)
 
 
 def run(args) -> int:

@@ -1,7 +1,6 @@
 """``widthkit transfer RUN --target TASK``: fit a new last layer on frozen features of every width."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 NAME = "transfer"
@@ -21,20 +20,12 @@ def add_arguments(p) -> None:
 
 
 def _f(x, e=None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    return f"{x:.3f}" + (f" ± {e:.3f}" if e is not None and math.isfinite(e) else "")
-
-
-def _console():
-    """A rich console; wide enough for the table when stdout is not a terminal (files, pipes)."""
-    import sys
-    from rich.console import Console
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    from ..table import cell
+    return cell(x, e, ".3f", ".3f")
 
 
 def print_table(res, title: str | None = None) -> None:
-    from rich.console import Console
+    from ..table import show
     from rich.table import Table
     t = Table(title=title or f"transfer {res.source_task} -> {res.target} ({res.probe}, {res.layer})")
     cols = ["width", "seeds", "source acc", "target acc", "target loss"] + [f"{k}-shot" for k in res.shots] + \
@@ -46,10 +37,7 @@ def print_table(res, title: str | None = None) -> None:
                   _f(p.target_acc_mean, p.target_acc_std), _f(p.target_loss_mean, p.target_loss_std),
                   *[_f(p.few_shot[k]["acc_mean"], p.few_shot[k]["acc_std"]) for k in res.shots],
                   _f(p.recon_r2_mean, p.recon_r2_std), _f(p.knn_acc_mean), _f(p.knn_acc_matched))
-    con = _console()
-    con.print(t)
-    for line in res.summary:
-        con.print(line, highlight=False)
+    show(t, res.summary)
 
 
 def run(args) -> int:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from torch import nn
 
 from widthkit.errors import WidthkitError
-from widthkit.models.registry import (check_bool, check_choice, make_activation, register_model)
+from widthkit.models.registry import (HeadSequential, check_bool, check_choice, make_activation, register_model)
 
 MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
 
@@ -32,10 +32,8 @@ def image_shape(family: str, in_shape: tuple) -> tuple[int, int, int]:
     return tuple(in_shape)
 
 
-class Myrtle(nn.Sequential):
+class Myrtle(HeadSequential):
     """Myrtle CNN as an ``nn.Sequential`` with names conv{i}, bn{i}, act{i}, pool1, pool2, gap, head."""
-
-    readout_name = "head"
 
     def __init__(self, in_shape: tuple, width: int, num_classes: int, depth: int = 5,
                  activation: str = "relu", batchnorm: bool = False, bias: bool = True,
@@ -61,12 +59,6 @@ class Myrtle(nn.Sequential):
         layers["head"] = nn.Linear(width, num_classes, bias=bias)
         super().__init__(layers)
         self.in_shape = tuple(in_shape)
-
-    def forward(self, x):
-        return super().forward(x.reshape(x.shape[0], *self.in_shape))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 @register_model("cnn")

@@ -11,14 +11,12 @@ from collections import OrderedDict
 from torch import nn
 
 from widthkit.errors import WidthkitError
-from widthkit.models.registry import (check_bool, check_choice, check_int, make_activation,
+from widthkit.models.registry import (HeadSequential, check_bool, check_choice, check_int, make_activation,
                                       register_model)
 
 
-class Conv1dNet(nn.Sequential):
+class Conv1dNet(HeadSequential):
     """conv{i} -> act{i} (x depth) -> flatten|gap -> head."""
-
-    readout_name = "head"
 
     def __init__(self, in_shape: tuple, width: int, num_classes: int, depth: int = 3,
                  kernel_size: int = 5, activation: str = "relu", pool: str = "flatten",
@@ -40,12 +38,6 @@ class Conv1dNet(nn.Sequential):
         layers["head"] = nn.Linear(width * length, num_classes, bias=bias)
         super().__init__(layers)
         self.in_shape = tuple(in_shape)
-
-    def forward(self, x):
-        return super().forward(x.reshape(x.shape[0], *self.in_shape))
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 @register_model("conv1d")

@@ -6,13 +6,11 @@ from collections import OrderedDict
 
 from torch import nn
 
-from widthkit.models.registry import check_bool, check_int, make_activation, register_model
+from widthkit.models.registry import HeadSequential, check_bool, check_int, make_activation, register_model
 
 
-class MLP(nn.Sequential):
+class MLP(HeadSequential):
     """flatten -> (fc{i} -> act{i}) x depth -> head.  Module names do not depend on width."""
-
-    readout_name = "head"
 
     def __init__(self, in_features: int, width: int, depth: int, num_classes: int,
                  activation: str = "relu", bias: bool = True):
@@ -24,9 +22,6 @@ class MLP(nn.Sequential):
             fan_in = width
         layers["head"] = nn.Linear(fan_in, num_classes, bias=bias)
         super().__init__(layers)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
 
 
 @register_model("mlp")

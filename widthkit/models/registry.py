@@ -179,6 +179,25 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+class HeadSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose last layer ``head`` is the readout (timm's ``get_classifier``).
+
+    With ``in_shape`` set, flat inputs are reshaped to it first, so image and sequence
+    models take the same flat tensors as MLPs.
+    """
+
+    readout_name = "head"
+    in_shape: tuple | None = None
+
+    def forward(self, x):
+        if self.in_shape is not None:
+            x = x.reshape(x.shape[0], *self.in_shape)
+        return super().forward(x)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
+
 def make_activation(family: str, name: Any) -> nn.Module:
     """A fresh activation module named ``name`` (validated)."""
     return ACTIVATIONS[check_choice(family, "activation", name, ACTIVATIONS)]()

@@ -17,11 +17,12 @@ _EXPORTS = {
     "parameterize": "widthkit.param",
     "Ensemble": "widthkit.engine",
     "train_ladder": "widthkit.ladder", "build_member": "widthkit.ladder",
+    "get_executor": "widthkit.executors", "LocalExecutor": "widthkit.executors", "RayExecutor": "widthkit.executors",
     "open_run": "widthkit.store", "Run": "widthkit.store",
     "coord_check": "widthkit.analysis.coord_check",
     "ensemble_bias": "widthkit.analysis.ensemble_bias",
     "transfer": "widthkit.analysis.transfer",
-    "study": "widthkit.study", "write_report": "widthkit.report",
+    "study": "widthkit.studies", "write_report": "widthkit.report",
     "WidthkitError": "widthkit.errors",
 }
 

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .progress import set_quiet
+    from .progress import is_quiet, set_quiet
+    was_quiet = is_quiet()
     set_quiet(getattr(args, "quiet", False) or getattr(args, "json", False))
     try:
         return int(args._run(args) or 0)
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"widthkit {args.command}: interrupted; finished work is saved. "
               "Rerun the same command with --resume to continue.", file=sys.stderr)
         return 130
+    finally:
+        set_quiet(was_quiet)  # main() may be called again in the same process (notebooks, tests)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -167,7 +167,8 @@ def run_job(job: Job) -> dict:
 
 
 # -------------------------------------------------------------------- driver
-def _raw_recipe(recipe) -> tuple[str, dict]:
+def raw_recipe(recipe) -> tuple[str, dict]:
+    """(TOML text or "", raw dict) of a recipe given as a TOML path, a raw dict or a :class:`Recipe`."""
     if isinstance(recipe, Recipe):
         return "", recipe.to_dict()
     if isinstance(recipe, dict):
@@ -201,7 +202,7 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
     """
     from .executors import get_executor
-    text, raw = _raw_recipe(recipe)
+    text, raw = raw_recipe(recipe)
     raw = apply_overrides(raw, overrides)
     out = Path(out)
     points, jobs = plan_jobs(raw, out, seeds_per_job)

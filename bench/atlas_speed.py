@@ -2,6 +2,7 @@
 
     python bench/atlas_speed.py [--icons 100] [--steps 64] [--size 32]
     python bench/atlas_speed.py --quickstart      # also time the quick-start atlas end to end
+    python bench/atlas_speed.py --full            # and a full-quality one (5e4 activations, 20x20, 256 steps, 64 px)
 
 Model: an MLP (64-128-128-10) trained briefly on sklearn's 8x8 digits (bundled, no
 download); icons are rendered at ``--size`` px and resized to 8x8 inside the objective.
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--quickstart", action="store_true", help="also time the quick-start atlas (1e4 acts, 12x12, 128 steps)")
+    ap.add_argument("--full", action="store_true", help="also time a full-quality atlas (5e4 acts, 20x20, 256 steps, 64 px)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     a = ap.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -84,16 +86,20 @@ def main(argv=None) -> int:
              f"({machine()}); MLP 64-128-128-10 on 8x8 digits, layer `3`.", "",
              "| icons | steps | size | batched (s) | one by one (s) | speed-up |", "|---|---|---|---|---|---|",
              f"| {a.icons} | {a.steps} | {a.size} | {tb:.1f} | {ts:.1f} | {ratio:.1f}x |"]
-    if a.quickstart:
-        xa, ya = augmented(x, y, 10_000)
+    settings = ([("Quick-start", dict(max_vectors=10_000, grid=12, steps=128, size=32))] if a.quickstart else []) + \
+        ([("Full-quality", dict(max_vectors=50_000, grid=20, steps=256, size=64))] if a.full else [])
+    for label, opts in settings:
+        xa, ya = augmented(x, y, opts["max_vectors"])
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
-            r = atlases.make_atlas(model, "3", (xa, ya), d, max_vectors=10_000, grid=12, steps=128, size=32)
+            r = atlases.make_atlas(model, "3", (xa, ya), d, **opts)
             tq = time.perf_counter() - t
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
-        print(f"quick-start atlas: {r.n_vectors} activations, {r.n_cells} icons, 128 steps: {tq:.1f}s ({parts})")
-        lines += ["", f"Quick-start atlas (`make_atlas`, {r.n_vectors} activations of augmented digits, "
-                      f"12x12 grid, {r.n_cells} icons, 128 steps, 32 px): **{tq:.0f} s** total ({parts})."]
+        print(f"{label} atlas: {r.n_vectors} activations, {r.n_cells} icons, {opts['steps']} steps, "
+              f"{opts['size']} px: {tq:.1f}s ({parts})")
+        lines += ["", f"{label} atlas (`make_atlas`, {r.n_vectors} activations of augmented digits, "
+                      f"{opts['grid']}x{opts['grid']} grid, {r.n_cells} icons, {opts['steps']} steps, {opts['size']} px): "
+                      f"**{tq:.0f} s** total ({parts})."]
     if not a.no_write:
         update_results(HEADING, "\n".join(lines))
     return 0

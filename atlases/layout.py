@@ -23,7 +23,7 @@ import numpy as np
 
 from widthkit.atomic import atomic_path, atomic_write_text
 from widthkit.errors import WidthkitError
-from widthkit.progress import info
+from widthkit.progress import bar
 
 from .collect import Activations
 
@@ -125,17 +125,17 @@ def embed(acts: Activations, *, n_neighbors: int = 20, min_dist: float = 0.01, m
     um = umap.UMAP(n_neighbors=nn_, min_dist=min_dist, metric=metric, random_state=seed, n_components=2,
                    init="spectral" if len(fit_x) > nn_ + 2 else "random", precomputed_knn=knn or (None, None, None))
     coords = np.empty((n, 2), np.float32)
-    with warnings.catch_warnings():  # umap warns that a seed disables its parallelism, and about precomputed kNN
-        warnings.simplefilter("ignore", UserWarning)
-        coords[fit_idx] = um.fit_transform(fit_x)
-    if len(rest):
-        info(f"umap: fitted on {len(fit_idx)} vectors, placing {len(rest)} more with transform")
-        for s in range(0, len(rest), chunk):
-            ids = rest[s:s + chunk]
-            x = src(ids).astype(np.float32)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+    chunks = range(0, len(rest), chunk)
+    with bar(f"umap layout ({len(fit_idx)} fitted, {len(rest)} placed)", 1 + len(chunks)) as pb:
+        with warnings.catch_warnings():  # umap warns that a seed disables its parallelism, and about precomputed kNN
+            warnings.simplefilter("ignore", UserWarning)
+            coords[fit_idx] = um.fit_transform(fit_x)
+            pb.advance()
+            for s in chunks:  # the rest is placed into the fitted map
+                ids = rest[s:s + chunk]
+                x = src(ids).astype(np.float32)
                 coords[ids] = um.transform(reducer.transform(x) if reducer is not None else x)
+                pb.advance()
     return coords
 
 

@@ -164,8 +164,8 @@ def test_killed_worker_is_retried_from_its_checkpoint(cluster, reference, tmp_pa
 
     def killer():
         try:
+            pids = wait_for(lambda: job_pids(LONG_JOB), "the long job's worker")  # found early: no race later
             wait_for(ckpt.exists, "the long job's first checkpoint")
-            pids = wait_for(lambda: job_pids(LONG_JOB), "the long job's worker")
             if (out / "shards" / f"{LONG_JOB}.h5").exists():
                 raise AssertionError("the job finished before the kill")
             os.kill(pids[0], signal.SIGKILL)
@@ -226,7 +226,10 @@ def test_ctrl_c_cancels_ray_tasks_and_exits_130(cluster, reference, tmp_path, ca
     ckpt = out / "ckpt" / f"{LONG_JOB}.pt"
 
     def interrupt():
+        pids = wait_for(lambda: job_pids(LONG_JOB), "the long job's worker")
         wait_for(ckpt.exists, "the long job's first checkpoint")
+        for pid in pids:  # freeze the job, so it cannot finish before the Ctrl-C lands (a fast machine could)
+            os.kill(pid, signal.SIGSTOP)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in the main thread
 
     t = threading.Thread(target=interrupt, daemon=True)

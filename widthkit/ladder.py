@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -28,8 +27,8 @@ from .models import create_model
 from .param import ParamTable, mup_architecture, parameterize
 from .progress import info, warn
 from .recipe import Recipe, apply_overrides, expand_grid, from_dict, read_recipe_file
-from .store import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, Run, job_id, now, read_index, shard_ok, versions,
-                    write_index, write_shard)
+from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
+                    shard_ok, versions, write_index, write_shard)
 from .trainer import derive_seed, train_members
 
 
@@ -235,14 +234,13 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     for j in jobs:
         rec = index["jobs"][j.id]
         fp = points[j.point]["fingerprint"]
-        other = _foreign_fingerprint(j.shard, fp)
-        if other:
-            raise WidthkitError(f"shard '{j.shard}' comes from a different recipe (fingerprint {other} != {fp}); "
-                                "refusing to mix runs: use a fresh --out directory")
         if j.shard.exists() and shard_ok(j.shard, fp):
             if rec["status"] != "done":
                 rec["status"] = "done"  # the worker finished; the driver died before recording it
             continue
+        other = foreign_fingerprint(j.shard, fp)
+        if other:
+            raise different_recipe(j.shard, other, fp)
         if rec["status"] == "done" or j.shard.exists():
             warn(f"shard '{j.shard}' is missing or corrupt; recomputing it")
             j.shard.unlink(missing_ok=True)
@@ -276,12 +274,3 @@ def failure_summary(index: dict, failed: list[str], n_jobs: int, out: Path) -> s
     return (f"{len(failed)} of {n_jobs} jobs failed ({errors}); finished jobs are saved in '{out}' "
             f"(tracebacks in its index.json). Fix the cause and rerun the same command with --resume")
 
-
-def _foreign_fingerprint(path: Path, fingerprint: str) -> str | None:
-    """The fingerprint of a readable shard of *another* recipe at ``path``, else None."""
-    try:
-        with h5py.File(path, "r") as f:
-            other = f.attrs.get("fingerprint") if f.attrs.get("format") == SHARD_FORMAT else None
-    except OSError:  # missing or unreadable: recomputed, not refused
-        return None
-    return str(other) if other is not None and other != fingerprint else None

@@ -462,6 +462,28 @@ def _training_figure(view, rows) -> tuple[bytes, str]:
                   f"{_f(L[0, -1])} at N={W[0]} vs {_f(L[-1, -1])} at N={W[-1]}")
 
 
+def run_warnings(view, index: dict | None = None) -> list[str]:
+    """What a reader must know about one point's training: unfinished widths (with their job counts)
+    and diverged members.  Shared by the report and ``widthkit study``'s summary."""
+    index = view.index if index is None else index
+    point = view.points.index(view.point_key)
+    out = []
+    for w in view.unfinished:
+        jobs = [j for j in index["jobs"].values() if j["width"] == w and j["point"] == point]
+        done = sum(j.get("status") == "done" for j in jobs)
+        out.append(f"width {w} is unfinished ({done} of {len(jobs)} jobs done); finish it with "
+                   f"`widthkit study RECIPE --out {view.path}` (or `widthkit train ... --resume`)")
+    for w in view.widths:
+        try:
+            div = view.diverged(w)
+        except WidthkitError:
+            continue  # an unreadable shard: the results block says so
+        if div.any():
+            out.append(f"width {w}: {int(div.sum())} of {len(div)} members diverged (NaN/inf loss); "
+                       "analyses leave them out")
+    return out
+
+
 def _results_block(view, job_seconds: dict, suffix: str) -> tuple[Block, list[str]]:
     from .table import ladder_rows, pm
     b = Block("results" + suffix, "Results per width" + (f" [{view.point_key}]" if view.point_key else ""))
@@ -479,10 +501,6 @@ def _results_block(view, job_seconds: dict, suffix: str) -> tuple[Block, list[st
                      [[r["width"], f"{r['params']:,}", pm(r["test_loss"]), pm(r["test_acc"]),
                        f"{r['diverged']}/{r['members']}", _f(job_seconds.get(r["width"]), 3), r["strategy"]]
                       for r in rows]))
-    for r in rows:
-        if r["diverged"]:
-            warnings.append(f"width {r['width']}: {r['diverged']} of {r['members']} members diverged (NaN/inf loss); "
-                            "analyses leave them out")
     acc = [np.nanmean(r["test_acc"]) if len(r["test_acc"]) else np.nan for r in rows]
     loss = [np.nanmean(r["test_loss"]) if len(r["test_loss"]) else np.nan for r in rows]
     if np.isfinite(acc).any():
@@ -634,11 +652,7 @@ def write_report(run, out: str | Path | None = None) -> Path:
                 job_seconds[j["width"]] = job_seconds.get(j["width"], 0.0) + _v(j.get("seconds"))
         res, warn = _results_block(v, job_seconds, suffix)
         warnings += [tag + w for w in warn]
-        for w in v.unfinished:
-            jobs = [j for j in index["jobs"].values() if j["width"] == w]
-            done = sum(j.get("status") == "done" for j in jobs)
-            warnings.append(f"{tag}width {w} is unfinished ({done} of {len(jobs)} jobs done); finish it with "
-                            f"`widthkit study RECIPE --out {run.path}` (or `widthkit train ... --resume`)")
+        warnings += [tag + w for w in run_warnings(v, index)]
         blocks, warn = discover(analysis_root(v))
         warnings += [tag + w for w in warn]
         for b in blocks:

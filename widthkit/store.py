@@ -97,6 +97,22 @@ def write_shard(path: Path, *, job: str, point: int, point_key: str, recipe: Rec
                 st[k] = v
 
 
+def different_recipe(path: Path, theirs, fingerprint: str) -> WidthkitError:
+    """The error for a shard written by another recipe: results are never mixed."""
+    return WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != {fingerprint}); "
+                         "refusing to mix runs: use a fresh --out directory")
+
+
+def foreign_fingerprint(path: Path, fingerprint: str) -> str | None:
+    """The fingerprint of a readable shard of *another* recipe at ``path``, else None."""
+    try:
+        with h5py.File(path, "r") as f:
+            other = f.attrs.get("fingerprint") if f.attrs.get("format") == SHARD_FORMAT else None
+    except OSError:  # missing or unreadable: recomputed, not refused
+        return None
+    return str(other) if other is not None and other != fingerprint else None
+
+
 def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
     """Open a shard read-only, checking it is ours, complete, and of this recipe."""
     fix = "rerun the same `widthkit train ... --resume` to recompute it"
@@ -113,8 +129,7 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
     theirs = f.attrs.get("fingerprint")
     if fingerprint is not None and theirs != fingerprint:
         f.close()
-        raise WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != "
-                            f"{fingerprint}); refusing to mix runs: use a fresh --out directory")
+        raise different_recipe(path, theirs, fingerprint)
     try:
         for key in ("metrics/step", "logits/values", "members/seed", "targets", "state"):
             f[key]

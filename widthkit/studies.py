@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import WidthkitError, did_you_mean
+from .errors import WidthkitError, unknown
 from .progress import info, is_quiet, set_quiet, warn
 from .recipe import Recipe, apply_overrides, expand_grid, from_dict, section
 from .results import Result
@@ -128,14 +128,10 @@ class StudyResult(Result):
 
 
 # ------------------------------------------------------------------------------------ the analyses
-def _opts(rp: Recipe, name: str, cls):
-    return section(rp, name, cls)
-
-
 def _run_ensemble_bias(view, rp: Recipe, out: Path) -> list[Path]:
     from .analysis.ensemble_bias import ensemble_bias
     from .plots.ensemble_bias import plot_all
-    o = _opts(rp, "ensemble_bias", EnsembleBiasOptions)
+    o = section(rp, "ensemble_bias", EnsembleBiasOptions)
     res = ensemble_bias(view, step=None if o.step < 0 else o.step, n_subsets=o.subsets, average=o.average,
                         over_training=o.over_training)
     return [res.save(out / "ensemble_bias.json"), *plot_all(res, out)]
@@ -144,14 +140,14 @@ def _run_ensemble_bias(view, rp: Recipe, out: Path) -> list[Path]:
 def _run_transfer(view, rp: Recipe, out: Path) -> list[Path]:
     from .analysis.transfer import transfer
     from .plots.transfer import plot_transfer
-    o = _opts(rp, "transfer", _transfer_options())
+    o = section(rp, "transfer", _transfer_options())
     res = transfer(view, target=o.target, layer=o.layer, probe=o.probe, shots=o.shots, draws=o.draws,
                    val_frac=o.val_frac, information=o.information, n_info=o.n_info)
     return [res.save(out / "transfer.json"), plot_transfer(res, out / "transfer.png")]
 
 
 def _atlas_plan(view, rp: Recipe) -> tuple[AtlasOptions, list[int], int]:
-    o = _opts(rp, "atlas", AtlasOptions)
+    o = section(rp, "atlas", AtlasOptions)
     done = view.widths
     widths = sorted(set(o.widths)) if o.widths else sorted({done[0], done[-1]}) if done else []
     bad = [w for w in widths if w not in done]
@@ -168,7 +164,7 @@ def _run_atlas(view, rp: Recipe, out: Path) -> list[Path]:
     """Atlases of the chosen members, in the folders (and with the files) of ``widthkit atlas``."""
     import atlases
 
-    from .commands.atlas import default_layer
+    from .commands.atlas import atlas_folder, default_layer
     o, widths, seed = _atlas_plan(view, rp)
     task = view.task()
     files = []
@@ -177,7 +173,7 @@ def _run_atlas(view, rp: Recipe, out: Path) -> list[Path]:
         layer = o.layer or default_layer(model)
         atlases.get_layer(model, layer)
         info(f"atlas of width {w} (seed {seed}), layer {layer}")
-        d = out / f"w{w}-s{seed}-{layer.replace('.', '_')}"
+        d = out / atlas_folder(f"w{w}-s{seed}", layer)
         res = atlases.make_atlas(model, layer, (task.x_train, task.y_train), d, max_vectors=o.max_vectors,
                                  positions_per_image=o.positions, grid=o.grid, min_count=o.min_count,
                                  n_neighbors=o.neighbors, size=o.size, steps=o.steps, whiten=o.whiten, seed=seed)
@@ -186,7 +182,7 @@ def _run_atlas(view, rp: Recipe, out: Path) -> list[Path]:
 
 
 def _dyn_widths(rp: Recipe) -> list[int] | None:
-    return _opts(rp, "study", StudyOptions).dynamics_widths or None
+    return section(rp, "study", StudyOptions).dynamics_widths or None
 
 
 def _run_lr_phase(view, rp: Recipe, out: Path) -> list[Path]:
@@ -244,13 +240,12 @@ _OPTIONS = {"ensemble-bias": lambda: ("ensemble_bias", EnsembleBiasOptions),
 def _check_names(key: str, names: list[str], valid: tuple) -> None:
     for n in names:
         if n not in valid:
-            raise WidthkitError(f"recipe key '{key}' names unknown analysis '{n}'{did_you_mean(n, valid)}; "
-                                f"valid: {', '.join(valid)}")
+            raise WidthkitError(f"recipe key '{key}': {unknown('analysis', n, valid)}")
 
 
 def plan(rp: Recipe, task_name: str, task_kind: str) -> list[tuple[str, str]]:
     """``[(analysis, '' or why it is skipped)]`` for one grid point, in running order."""
-    o = _opts(rp, "study", StudyOptions)
+    o = section(rp, "study", StudyOptions)
     _check_names("study.skip", o.skip, ANALYSES)
     _check_names("study.dynamics", o.dynamics, DYNAMICS)
     why = {}
@@ -342,7 +337,7 @@ def study(recipe, out, *, overrides: list[str] | None = None, resume: bool = Tru
 
 def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> StudyResult:
     from .ladder import load_recipe_task, raw_recipe, train_ladder
-    from .report import analysis_root, write_report
+    from .report import analysis_root, run_warnings, write_report
     _, raw = raw_recipe(recipe)
     raw = apply_overrides(raw, overrides)
     points = [(key, from_dict(praw)) for key, praw in expand_grid(raw)]
@@ -353,7 +348,7 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
         for name, why in plans[-1]:
             try:
                 if not why and name in _OPTIONS:
-                    _opts(rp, *_OPTIONS[name]())
+                    section(rp, *_OPTIONS[name]())
             except WidthkitError as e:
                 warn(f"{name} will fail after training: {e}")
     r0 = points[0][1]
@@ -371,13 +366,7 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
     views = [run.select(i) for i in range(len(run.points))]
     for i, ((key, rp), view, todo) in enumerate(zip(points, views, plans)):
         tag = f"[{key}] " if key else ""
-        if view.unfinished:
-            warnings.append(f"{tag}widths {view.unfinished} are unfinished; analyses use {view.widths}")
-        for w in view.widths:
-            div = view.diverged(w)
-            if div.any():
-                warnings.append(f"{tag}width {w}: {int(div.sum())} of {len(div)} members diverged (NaN/inf loss); "
-                                "analyses leave them out")
+        warnings += [tag + w for w in run_warnings(view)]
         root = analysis_root(view)
         for name, why in todo:
             a = _TABLE[name]
@@ -395,7 +384,7 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
                       sorted({w for v in views for w in v.unfinished}), list(r0.train.seeds),
                       len(run.index["jobs"]), trained, seconds, records, warnings)
     res.save(out / "study.json")  # the report reads failed analyses from it
-    if _opts(r0, "study", StudyOptions).report:
+    if section(r0, "study", StudyOptions).report:
         info(f"writing the report {out / 'report.html'}")
         t1 = time.perf_counter()
         res.report = str(write_report(run))

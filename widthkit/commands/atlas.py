@@ -77,6 +77,11 @@ def load_member(args):
     return model, task.x_train, y, Path(args.run), f"w{width}-s{seed}"
 
 
+def atlas_folder(label: str, layer: str) -> str:
+    """The default folder name of an atlas, e.g. ``w256-s0-act1`` (``widthkit study`` uses it too)."""
+    return f"{label}-{layer.replace('.', '_')}"
+
+
 IMAGE_DATA = ("digits", "cifar10", "cifar100", "imagefolder")
 
 
@@ -141,7 +146,7 @@ def run(args) -> int:
     model, x, y, base, label = load_member(args) if args.run else load_timm(args)
     layer = args.layer or default_layer(model)
     atlases.get_layer(model, layer)
-    out = Path(args.out) if args.out else base / "atlas" / f"{label}-{layer.replace('.', '_')}"
+    out = Path(args.out) if args.out else base / "atlas" / atlas_folder(label, layer)
     data = (x, y) if y is not None else x
     common = dict(max_vectors=args.max_vectors, positions_per_image=args.positions, grid=args.grid,
                   min_count=args.min_count, n_neighbors=args.neighbors, size=args.size, steps=args.steps,

@@ -46,9 +46,8 @@ def run(args) -> int:
     given = [flag for flag, value in ray_flags.items() if value is not None]
     if given and args.executor == "local":
         raise WidthkitError(f"{', '.join(given)} only apply to --executor ray; add --executor ray or drop them")
-    options = dict(address=args.address, num_cpus=args.cpus_per_job, num_gpus=args.gpus_per_job,
-                   max_retries=args.max_retries) if args.executor != "local" else {}
-    executor = get_executor(args.executor, **options)
+    executor = get_executor(args.executor, address=args.address, num_cpus=args.cpus_per_job,
+                            num_gpus=args.gpus_per_job, max_retries=args.max_retries)  # None: the default
     run_ = train_ladder(args.recipe, out, overrides=args.overrides, resume=args.resume, executor=executor,
                         strategy=args.strategy, seeds_per_job=args.seeds_per_job)
     views = [run_.select(i) for i in range(len(run_.points))]

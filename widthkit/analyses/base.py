@@ -1,0 +1,247 @@
+"""The analysis contract: one module per analysis, registered by name, with one options dataclass.
+
+An analysis is a subclass of :class:`Analysis` decorated with :func:`register_analysis`, in its own module
+of this package (or of any package that exposes it under the ``widthkit.analyses`` entry-point group).
+It declares
+
+* ``name``: the registry name and CLI command (``ensemble-bias``); its recipe table and output folder
+  are the same word with underscores (``[ensemble_bias]``, ``RUN/ensemble_bias/``);
+* ``Options``: a dataclass, the only place its defaults live.  The recipe table's keys, the CLI flags
+  (``--max-vectors``) and the Python keyword arguments (``max_vectors=``) are its field names;
+  ``opt(default, help)`` declares a field with its help text;
+* ``Result``: a :class:`widthkit.results.Result` subclass, saved as ``<folder>/<table>.json`` and
+  rebuilt by ``Result.load``;
+* ``needs``: ``"run"`` (it reads a trained grid point of the run store) or ``"recipe"`` (it trains its
+  own small models from the recipe);
+
+and implements ``applies`` (why it does not apply, or ``""``), ``compute`` (options -> typed result),
+``plot`` (result -> PNG files) and ``blocks`` (result -> report :class:`Block`: tables and one-sentence
+readings computed from the numbers).  The terminal table, the HTML report and the study summary all
+render those same blocks.  ``study``, ``report`` and the CLI loop over :func:`list_analyses`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import re
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import WidthkitError, unknown
+from ..recipe import Recipe, section
+from ..results import Result
+
+ENTRY_POINTS = "widthkit.analyses"
+
+
+def opt(default: Any, help: str) -> Any:
+    """An options field with its help text (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ------------------------------------------------------------------------------------------ blocks
+@dataclass
+class Link:
+    """A table cell or line that points at a file (rendered as a relative link in HTML)."""
+
+    text: str
+    path: Path
+
+
+@dataclass
+class Table:
+    """A table of formatted cells: each cell a string or a :class:`Link`."""
+
+    caption: str
+    columns: list[str]
+    rows: list[list]
+
+
+@dataclass
+class Figure:
+    """A PNG file with its one-sentence reading, computed from the numbers it plots."""
+
+    path: Path
+    reading: str
+
+
+@dataclass
+class Block:
+    """One report section of an analysis: readings, tables, figures, links and conventions."""
+
+    id: str
+    title: str
+    lines: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+@dataclass
+class Subject:
+    """What an analysis runs on: one grid point's recipe, its run-store view (``needs = "run"``), and the
+    folder its outputs go to."""
+
+    recipe: Recipe
+    point: Any = None           # widthkit.store point view; None for recipe-only analyses
+    out: Path = Path(".")
+
+    def require_point(self, name: str):
+        if self.point is None:
+            raise WidthkitError(f"{name} needs a trained run; pass a run directory (from `widthkit train`)")
+        return self.point
+
+
+# ------------------------------------------------------------------------------------------ contract
+class Analysis:
+    """Base class of registered analyses (see the module docstring)."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    Options: ClassVar[type]
+    Result: ClassVar[type[Result]]
+    needs: ClassVar[str] = "run"
+    in_study: ClassVar[bool] = True     # `widthkit study` runs it unless [study] skip names it
+
+    @property
+    def table(self) -> str:
+        """The recipe table, output folder and result-file stem: the name with underscores."""
+        return self.name.replace("-", "_")
+
+    folder = table
+
+    def result_path(self, folder: Path) -> Path:
+        return Path(folder) / f"{self.table}.json"
+
+    def options(self, recipe: Recipe | None = None, **given) -> Any:
+        """The options: dataclass defaults, then the recipe's table, then ``given`` (None = not given)."""
+        given = {k: v for k, v in given.items() if v is not None}
+        if recipe is None:
+            recipe = Recipe()
+        return section(recipe, self.table, self.Options, given)
+
+    def applies(self, subject: Subject) -> str:
+        """``""`` if the analysis applies to ``subject``, else why not (one line)."""
+        return ""
+
+    def compute(self, subject: Subject, options) -> Result:
+        raise NotImplementedError
+
+    def plot(self, result, folder: Path) -> list[Path]:
+        """Write the result's figures into ``folder``; returns their paths."""
+        return []
+
+    def blocks(self, result, folder: Path) -> list[Block]:
+        raise NotImplementedError
+
+    def run(self, subject: Subject, options) -> tuple[Result, list[Path]]:
+        """compute, save ``<out>/<table>.json``, plot: the result and every file written."""
+        why = self.applies(subject)
+        if why:
+            raise WidthkitError(f"{self.name} does not apply: {why}")
+        res = self.compute(subject, options)
+        files = [res.save(self.result_path(subject.out))]
+        return res, files + list(self.plot(res, subject.out))
+
+    def load(self, folder: Path):
+        """The saved result in ``folder`` (one-line ResultFileError if unreadable or of an old schema)."""
+        return self.Result.load(self.result_path(folder))
+
+
+_REGISTRY: dict[str, Analysis] = {}
+_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+_discovered = False
+
+
+def register_analysis(cls: type[Analysis]) -> type[Analysis]:
+    """Class decorator: check the contract and add one instance of ``cls`` to the registry."""
+    name = getattr(cls, "name", "")
+    if not _NAME.fullmatch(name or ""):
+        raise TypeError(f"{cls.__name__}.name must be lower-case words joined by '-', got {name!r}")
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        raise TypeError(f"analysis '{name}' is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
+    if not (dataclasses.is_dataclass(cls.Options) and isinstance(cls.Options, type)):
+        raise TypeError(f"{cls.__name__}.Options must be a dataclass")
+    if not (isinstance(cls.Result, type) and issubclass(cls.Result, Result)):
+        raise TypeError(f"{cls.__name__}.Result must subclass widthkit.results.Result")
+    if cls.needs not in ("run", "recipe"):
+        raise TypeError(f"{cls.__name__}.needs must be 'run' or 'recipe', got {cls.needs!r}")
+    for f in dataclasses.fields(cls.Options):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.Options.{f.name} has no default")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def _discover() -> None:
+    """Import every module of this package and every ``widthkit.analyses`` entry point (once)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    pkg = importlib.import_module(__package__)
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name != "base" and not m.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{m.name}")
+    for ep in metadata.entry_points(group=ENTRY_POINTS):
+        ep.load()
+
+
+def list_analyses() -> list[str]:
+    """Names of every registered analysis, in registration order (the order `study` runs them)."""
+    _discover()
+    return list(_REGISTRY)
+
+
+def get_analysis(name: str) -> Analysis:
+    """The registered analysis ``name`` (``ensemble-bias`` or ``ensemble_bias``)."""
+    _discover()
+    key = name.replace("_", "-")
+    if key not in _REGISTRY:
+        raise unknown("analysis", name, _REGISTRY)
+    return _REGISTRY[key]
+
+
+def analysis_tables() -> list[str]:
+    """The recipe tables the analyses read."""
+    return [get_analysis(n).table for n in list_analyses()]
+
+
+def option_fields(analysis: Analysis) -> list[tuple[str, Any, Any, str]]:
+    """``[(name, type, default, help)]`` of an analysis's options, types resolved."""
+    hints = typing.get_type_hints(analysis.Options)
+    out = []
+    for f in dataclasses.fields(analysis.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((f.name, hints[f.name], default, f.metadata.get("help", "")))
+    return out
+
+
+def analyze(name: str, source, out: str | Path | None = None, *, point: int | str = 0, **options):
+    """Run analysis ``name`` from Python: the same path as ``widthkit <name>``; returns its typed result.
+
+    ``source``: a run directory or ``Run`` (``needs = "run"``; ``point`` picks the grid point of a sweep),
+    or a recipe (path, TOML text, dict or :class:`Recipe`) for recipe-only analyses.  ``options``: the
+    analysis's option names.  Outputs go to ``out`` (default: the analysis's folder of the point).
+    """
+    from ..store import open_run, point_folder
+    a = get_analysis(name)
+    if a.needs == "run":
+        run = open_run(source) if isinstance(source, (str, Path)) else source
+        view = run.select(point) if len(run.points) > 1 else run.select(0)
+        recipe, folder = view.recipe, point_folder(view) / a.folder
+    else:
+        from ..recipe import resolve_recipe
+        view, recipe = None, resolve_recipe(source)
+        folder = Path("runs") / recipe.name / a.folder
+    subject = Subject(recipe, view, Path(out) if out is not None else folder)
+    res, _ = a.run(subject, a.options(recipe, **options))
+    return res

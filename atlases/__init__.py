@@ -11,7 +11,7 @@ or everything at once with :func:`make_atlas` (and :func:`class_atlas` for one c
 """
 from .collect import Activations, collect, load_activations
 from .compose import compose, compose_png
-from .hooks import get_layer, layer_names
+from .hooks import PENULTIMATE, extract_features, get_layer, layer_names, penultimate_layer
 from .layout import Layout, bin_cells, cell_stats, embed, layout, load_layout, normalize
 from .probe import NeuronGroup, neuron_vs_group, probe_accuracy
 from .pipeline import AtlasResult, class_atlas, make_atlas, rerender, top_attributed, write_atlas
@@ -19,6 +19,7 @@ from .render import render_directions, render_icons, standard_transforms, whiten
 from .viewer import write_html
 
 __all__ = [
+    "PENULTIMATE", "extract_features", "penultimate_layer",
     "Activations", "AtlasResult", "Layout", "bin_cells", "cell_stats", "class_atlas", "collect", "compose",
     "compose_png", "embed", "get_layer", "layer_names", "layout", "load_activations", "load_layout",
     "make_atlas", "NeuronGroup", "neuron_vs_group", "normalize", "probe_accuracy", "render_directions", "render_icons", "rerender", "standard_transforms",

@@ -1,42 +1,33 @@
 """Neuron vs group: is a layer's class information in single neurons or in directions?
 
-``best_neuron_acc``: the best test accuracy of a linear (softmax) probe on ONE neuron;
-``group_acc``: the accuracy of a linear probe on the top-k PCA directions. All probes
-are trained jointly as independent problems in one batched torch optimization (summed
-losses, Adam is element-wise), features standardized on the training split.
+``best_neuron_acc``: the best test accuracy of a logistic probe on ONE neuron; ``group_acc``: the accuracy
+of a logistic probe on the top-k PCA directions.  Both are :func:`widthkit.probes.fit_logistic` on
+standardized features with a fixed small L2 penalty; the one-neuron probes are fitted together as
+independent problems in one batched L-BFGS solve.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
-import torch
 
+from widthkit.probes import fit_logistic, standardize
 from widthkit.results import Result
+
+L2 = 1e-4
 
 
 def probe_accuracy(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *,
-                   steps: int = 300, lr: float = 0.1, l2: float = 1e-4) -> np.ndarray:
-    """Test accuracy of G independent softmax probes; ``x_*`` is ``[S, G, F]`` (G probes on F features)."""
-    xt, xe = torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32)
-    mu, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
-    xt, xe = (xt - mu) / sd, (xe - mu) / sd
-    yt, ye = torch.as_tensor(y_tr, dtype=torch.long), torch.as_tensor(y_te, dtype=torch.long)
-    k = int(max(yt.max(), ye.max())) + 1
-    _, g, f = xt.shape
-    w = torch.zeros(g, f, k, requires_grad=True)
-    b = torch.zeros(g, k, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr)
-    for _ in range(steps):
-        logits = torch.einsum("sgf,gfk->sgk", xt, w) + b
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, k), yt.repeat_interleave(g), reduction="sum")
-        loss = loss / len(xt) + l2 * (w ** 2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        pred = (torch.einsum("sgf,gfk->sgk", xe, w) + b).argmax(-1)
-    return (pred == ye[:, None]).float().mean(0).numpy()
+                   l2: float = L2) -> np.ndarray:
+    """Test accuracy of G independent logistic probes; ``x_*`` is ``[S, G, F]`` (G probes on F features)."""
+    x_tr, x_te = np.asarray(x_tr, np.float64), np.asarray(x_te, np.float64)
+    S, G, Fd = x_tr.shape
+    xt, xe = standardize(x_tr.reshape(S, G * Fd), x_te.reshape(len(x_te), G * Fd))
+    xt = xt.reshape(S, G, Fd).transpose(1, 0, 2)
+    xe = xe.reshape(len(x_te), G, Fd).transpose(1, 0, 2)
+    k = int(max(np.max(y_tr), np.max(y_te))) + 1
+    head = fit_logistic(xt, y_tr, k, l2)
+    return (head.logits(xe).argmax(-1) == np.asarray(y_te)[None, :]).mean(1)
 
 
 @dataclasses.dataclass
@@ -51,15 +42,14 @@ class NeuronGroup(Result):
 
 
 def neuron_vs_group(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *, k: int = 10,
-                    steps: int = 300, seed: int = 0) -> NeuronGroup:
+                    seed: int = 0) -> NeuronGroup:
     """Compare the best one-neuron probe with a probe on the top-``k`` PCA directions (fit on train)."""
     from sklearn.decomposition import PCA
     x_tr, x_te = np.asarray(x_tr, np.float32), np.asarray(x_te, np.float32)
-    single = probe_accuracy(x_tr[:, :, None], y_tr, x_te[:, :, None], y_te, steps=steps)
+    single = probe_accuracy(x_tr[:, :, None], y_tr, x_te[:, :, None], y_te)
     kk = int(min(k, x_tr.shape[1], len(x_tr)))
     pca = PCA(n_components=kk, random_state=seed).fit(x_tr)
-    group = probe_accuracy(pca.transform(x_tr)[:, None, :], y_tr, pca.transform(x_te)[:, None, :], y_te,
-                           steps=steps)
+    group = probe_accuracy(pca.transform(x_tr)[:, None, :], y_tr, pca.transform(x_te)[:, None, :], y_te)
     best = int(np.argmax(single))
     return NeuronGroup(n_neurons=x_tr.shape[1], k=kk, best_neuron=best, best_neuron_acc=float(single[best]),
                        group_acc=float(group[0]))

@@ -1,35 +1,29 @@
-"""The ``widthkit`` command line: a thin dispatcher over ``widthkit.commands``.
+"""The ``widthkit`` command line: a thin dispatcher over the public API.
 
-Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int`` and calls the same public Python API a notebook user calls.
-User mistakes (:class:`WidthkitError`) print one line and exit 2; Ctrl-C exits
-130 after saying that finished work is kept.
+Two kinds of commands, neither listed by hand: every registered analysis (``widthkit.analyses``) gets a
+command generated from its contract (its options dataclass gives the flags, see ``commands/_analysis.py``),
+and every module of ``widthkit.commands`` (``train``, ``study``, ``report``, ...) defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``.  User mistakes (:class:`WidthkitError`) print one line
+and exit 2; Ctrl-C exits 130 after saying that finished work is kept.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import pkgutil
 import sys
 
+from . import commands
+from .analyses import get_analysis, list_analyses
+from .commands import _analysis
 from .errors import WidthkitError
-
-COMMANDS = [
-    "train", "study", "report", "coord_check",
-    "ensemble_bias", "transfer", "transfer_bench",
-    "atlas", "atlas_width",
-    "lr_phase", "subspace", "ntk_scaling",
-]
 
 
 def _modules():
-    mods = []
-    for name in COMMANDS:
-        try:
-            mods.append(importlib.import_module(f"widthkit.commands.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name != f"widthkit.commands.{name}":
-                raise
-    return mods
+    """The hand-written command modules (those not starting with '_')."""
+    return [importlib.import_module(f"{commands.__name__}.{m.name}")
+            for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,12 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"widthkit {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info lines")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in _modules():
-        sp = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+
+    def add(name, help_, add_arguments, run):
+        sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars or info lines")
-        mod.add_arguments(sp)
-        sp.set_defaults(_run=mod.run)
+        add_arguments(sp)
+        sp.set_defaults(_run=run)
+
+    for mod in _modules():
+        add(mod.NAME, mod.HELP, mod.add_arguments, mod.run)
+    for name in list_analyses():
+        a = get_analysis(name)
+        add(a.name, a.help, functools.partial(_analysis.add_arguments, a=a), functools.partial(_analysis.run, a))
     return p
 
 

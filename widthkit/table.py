@@ -1,73 +1,59 @@
-"""Terminal tables (rich) and the ladder summary every command prints."""
+"""Terminal output (rich): analysis blocks, the ladder summary every command prints, plain tables."""
 from __future__ import annotations
 
-import numpy as np
+import sys
+
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 
-from .store import Run
-
-_out = Console()
-
-
-def show(table: Table, summary=()) -> None:
-    """Print a rich table and its summary lines on stdout; wide enough when stdout is a file or pipe."""
-    import sys
-    con = _out if sys.stdout.isatty() else Console(width=160)
-    con.print(table)
-    for line in summary:
-        con.print(line, highlight=False)
+from . import fmt
+from .ladder import count_params  # MERGE: .build
 
 
-def cell(x, e=None, digits: str = ".4g", err_digits: str = ".2g") -> str:
-    """A table cell 'x ± e'; '-' for missing or non-finite values."""
-    if x is None or not np.isfinite(x):
-        return "-"
-    return f"{x:{digits}}" + (f" ± {e:{err_digits}}" if e is not None and np.isfinite(e) else "")
+def console() -> Console:
+    """stdout; wide enough when stdout is a file or a pipe."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def print_table(title: str, columns: list[str], rows: list[list]) -> None:
-    """Print a table to stdout; numbers are formatted compactly."""
-    t = Table(title=title, title_justify="left")
+def print_table(title: str, columns: list[str], rows: list[list], lines=()) -> None:
+    """A table on stdout (numbers formatted by :func:`widthkit.fmt.cell`), then its reading lines."""
+    t = RichTable(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c not in ("strategy", "point") else "left")
+        t.add_column(str(c), justify="left" if c in ("strategy", "point", "analysis", "output", "layer") else "right")
     for r in rows:
-        t.add_row(*[fmt(v) for v in r])
-    _out.print(t)
+        t.add_row(*[c.text if hasattr(c, "path") else fmt.cell(c) for c in r])
+    con = console()
+    con.print(t)
+    for line in lines:
+        con.print(line, highlight=False, soft_wrap=True)
 
 
-def fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if not np.isfinite(v) else f"{v:.4g}"
-    return str(v)
+def print_blocks(blocks, point: str = "") -> None:
+    """An analysis's report blocks in the terminal: each table, then the readings (as in the HTML report)."""
+    for b in blocks:
+        title = b.title + (f" [{point}]" if point else "")
+        if not b.tables:
+            print_table(title, [], [], b.lines)
+        for i, t in enumerate(b.tables):
+            print_table(f"{title}: {t.caption}" if i == 0 else t.caption, t.columns, t.rows,
+                        b.lines if i == len(b.tables) - 1 else ())
 
 
-def pm(values) -> str:
-    """'mean ± std' over finite values."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return "nan"
-    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}"
-
-
-def ladder_rows(run: Run) -> list[dict]:
-    """One summary row per finished width: params, final test loss and accuracy over seeds."""
-    from .ladder import count_params
+def ladder_rows(view) -> list[dict]:
+    """One summary row per finished width of a point view: params, final test loss and accuracy over seeds."""
     rows = []
-    for w in run.widths:
-        m = run.metrics(w)
-        div = run.diverged(w)
-        rows.append({"width": w, "params": count_params(run.param_table(w)),
+    for w in view.widths:
+        m = view.metrics(w)
+        div = view.diverged(w)
+        rows.append({"width": w, "params": count_params(view.param_table(w)),
                      "test_loss": m["test_loss"][~div, -1], "test_acc": m["test_acc"][~div, -1],
-                     "diverged": int(div.sum()), "members": len(div), "strategy": run.strategy(w)["strategy"]})
+                     "diverged": int(div.sum()), "members": len(div), "strategy": view.strategy(w)["strategy"]})
     return rows
 
 
-def print_ladder(run: Run) -> None:
-    rows = ladder_rows(run)
-    title = f"{run.recipe.name}: {run.recipe.model.family}, {run.recipe.param.kind}, {run.recipe.data.task}" + \
-        (f" [{run.point_key}]" if run.point_key else "")
+def print_ladder(view) -> None:
+    r = view.recipe
+    title = f"{r.name}: {r.model.family}, {r.param.kind}, {r.data.task}" + (f" [{view.point_key}]" if view.point_key else "")
     print_table(title, ["width", "params", "test loss (mean ± sd)", "test acc (mean ± sd)", "diverged", "strategy"],
-                [[r["width"], r["params"], pm(r["test_loss"]), pm(r["test_acc"]), f"{r['diverged']}/{r['members']}",
-                  r["strategy"]] for r in rows])
+                [[row["width"], row["params"], fmt.mean_sd(row["test_loss"]), fmt.mean_sd(row["test_acc"]),
+                  f"{row['diverged']}/{row['members']}", row["strategy"]] for row in ladder_rows(view)])

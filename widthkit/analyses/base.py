@@ -110,6 +110,7 @@ class Analysis:
     Result: ClassVar[type[Result]]
     needs: ClassVar[str] = "run"
     in_study: ClassVar[bool] = True     # `widthkit study` runs it unless [study] skip names it
+    smoke: ClassVar[dict] = {}          # options that run it in seconds on a tiny run (the contract test uses them)
 
     @property
     def table(self) -> str:
@@ -215,11 +216,11 @@ def analysis_tables() -> list[str]:
     return [get_analysis(n).table for n in list_analyses()]
 
 
-def option_fields(analysis: Analysis) -> list[tuple[str, Any, Any, str]]:
-    """``[(name, type, default, help)]`` of an analysis's options, types resolved."""
-    hints = typing.get_type_hints(analysis.Options)
+def option_fields(options: type) -> list[tuple[str, Any, Any, str]]:
+    """``[(name, type, default, help)]`` of an options dataclass, types resolved."""
+    hints = typing.get_type_hints(options)
     out = []
-    for f in dataclasses.fields(analysis.Options):
+    for f in dataclasses.fields(options):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.append((f.name, hints[f.name], default, f.metadata.get("help", "")))
     return out

@@ -75,7 +75,7 @@ def add_arguments(p) -> None:
 
 def run_suite(suite: str, runs: str | Path, root: str | None = None, probe: str | None = None) -> tuple[list, list]:
     """Train missing sources (resumable) and transfer each task; returns ([(name, TransferResult)], errors)."""
-    from ..analysis.transfer import transfer
+    from ..analyses.transfer import transfer
     from ..errors import WidthkitError
     from ..ladder import train_ladder
     from ..progress import info, warn
@@ -106,10 +106,9 @@ def run(args) -> int:
 
     from ..atomic import atomic_write_text
     from ..errors import WidthkitError
-    from ..plots.transfer import plot_bench
+    from ..analyses.transfer import plot_bench
     from ..progress import info
     from ..results import to_jsonable
-    from .transfer import print_table
 
     t0 = time.time()
     done, errors = run_suite(args.suite, args.runs, args.root, args.probe)
@@ -130,29 +129,22 @@ def run(args) -> int:
     return 0 if not errors else 1
 
 
-def _console():
-    import sys
-    from rich.console import Console
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
 def _bench_table(done, errors) -> None:
     """One row per (task, width): mean ± std over seeds."""
-    from rich.console import Console
     from rich.table import Table
+
+    from ..table import console
     t = Table(title="transfer bench (mean ± std over seeds)")
     for c in ("task", "width", "source acc", "target acc", "few-shot", "input R^2", "10-NN matched"):
         t.add_column(c, justify="left" if c == "task" else "right")
     for name, r in done:
         for i, p in enumerate(r.per_width):
-            fs = "  ".join(f"{k}:{p.few_shot[k]['acc_mean']:.3f}" for k in r.shots) or "-"
+            fs = "  ".join(f"{k}:{p.few_shot[k].acc_mean:.3f}" for k in r.shots) or "-"
             t.add_row(name if i == 0 else "", str(p.width), f"{p.source_acc_mean:.3f}±{p.source_acc_std:.3f}",
                       f"{p.target_acc_mean:.3f}±{p.target_acc_std:.3f}", fs, f"{p.recon_r2_mean:.3f}",
                       f"{p.knn_acc_matched:.3f}")
-        tr = r.trend
-        t.add_row("", "trend", f"{tr['source_acc_per_doubling']:+.3f}/doubling",
-                  f"{tr['target_acc_per_doubling']:+.3f}±{tr['target_acc_per_doubling_err']:.3f}", "", "", "",
-                  end_section=True)
+        t.add_row("", "trend", f"{r.source_trend.slope:+.3f}/doubling",
+                  f"{r.target_trend.slope:+.3f}±{r.target_trend.slope_err:.3f}", "", "", "", end_section=True)
     for name, e in errors:
         t.add_row(name, "-", "skipped", e[:70])
-    _console().print(t)
+    console().print(t)

@@ -23,90 +23,42 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from atlases.hooks import PENULTIMATE, extract_features, resolve_layer
+
+from .. import fmt
+from .. import probes as P
 from ..atomic import atomic_path
+from ..data import load_task
 from ..errors import WidthkitError, unknown
-from ..fitting import fit_line
-from ..progress import info, track, warn
-from ..store import analysable_widths
+from ..fitting import LineFit, fit_line
+from ..plots import figure, save
+from ..progress import track, warn
 from ..results import Result
-from . import probes as P
-
-PENULTIMATE = "penultimate"
-MAX_FLAT = 8192  # larger hooked activations are average-pooled over spatial/token dims
+from ..store import analysable_widths
+from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
 
 @dataclass
 class TransferOptions:
-    """The ``[transfer]`` recipe table (every key optional; arguments of :func:`transfer` win)."""
+    """Options of ``transfer`` (recipe table ``[transfer]``)."""
 
-    target: str = ""
-    layer: str = PENULTIMATE
-    probe: str = "logistic"
-    shots: list[int] = field(default_factory=list)
-    draws: int = 5
-    val_frac: float = 0.2
-    information: bool = True
-    n_info: int = 2000
+    target: str = opt("", "target task spec, e.g. digits:5-9 (required)")
+    layer: str = opt(PENULTIMATE, "module whose output is the feature (penultimate: the classifier's input)")
+    probe: str = opt("logistic", "new last layer: logistic, linear-sgd or ridge")
+    shots: list[int] = opt([], "few-shot sizes K (examples per class)")
+    draws: int = opt(5, "few-shot draws per K")
+    val_frac: float = opt(0.2, "share of the target train split used to choose the regularization")
+    information: bool = opt(True, "also run the input-reconstruction R^2 and k-NN information probes")
+    n_info: int = opt(2000, "source examples used by the information probes")
+    seed: int = opt(0, "seed of the validation split and few-shot draws")
 
 
 # ----------------------------------------------------------------------------- features
-
-def layer_names(model: torch.nn.Module) -> list[str]:
-    """Names accepted by ``layer``: 'penultimate' and every named sub-module."""
-    return [PENULTIMATE] + [n for n, _ in model.named_modules() if n]
-
-
-def _pool(h: torch.Tensor) -> torch.Tensor:
-    h = h.detach()
-    if h.ndim > 2 and h[0].numel() > MAX_FLAT:
-        h = h.mean(dim=tuple(range(2, h.ndim)))  # conv maps [B, C, ...] -> [B, C]
-    return h.reshape(len(h), -1).float()
-
-
-def extract_features(model: torch.nn.Module, x: torch.Tensor, layer: str = PENULTIMATE,
-                     batch_size: int = 512) -> np.ndarray:
-    """Activations of ``layer`` for inputs ``x`` [N, ...] in batches (no grad), as float32 [N, D].
-
-    'penultimate' is the input of ``model.get_classifier()``; any other name is a module of
-    ``model.named_modules()`` whose output is taken.  Outputs with more than 8192 values per example
-    are average-pooled over all dims after the channel dim.
-    """
-    modules = dict(model.named_modules())
-    if layer == PENULTIMATE:
-        if not hasattr(model, "get_classifier"):
-            raise WidthkitError("this model has no get_classifier(); name a layer with --layer")
-        target, pre = model.get_classifier(), True
-    elif layer in modules and layer:
-        target, pre = modules[layer], False
-    else:
-        raise unknown("layer", layer, layer_names(model))
-    grabbed: list[torch.Tensor] = []
-    if pre:
-        handle = target.register_forward_pre_hook(lambda m, inp: grabbed.append(_pool(inp[0])))
-    else:
-        handle = target.register_forward_hook(
-            lambda m, inp, out: grabbed.append(_pool(out[0] if isinstance(out, (tuple, list)) else out)))
-    chunks = []
-    try:
-        model.eval()
-        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                grabbed.clear()
-                model(x[i:i + batch_size].to(dev))
-                if not grabbed:
-                    raise WidthkitError(f"layer '{layer}' is not used in the forward pass; choose another layer")
-                chunks.append(grabbed[0].cpu().numpy())
-    finally:
-        handle.remove()
-    return np.concatenate(chunks).astype(np.float32)
-
 
 def _cache_path(run, width: int, target_spec: str, layer: str, n_info: int) -> Path:
     fp = run.recipe.fingerprint() if hasattr(run.recipe, "fingerprint") else ""
@@ -159,29 +111,49 @@ def _read(path: Path, seed: int) -> dict:
 # ----------------------------------------------------------------------------- results
 
 @dataclass
+class FewShot(Result):
+    """K-shot target accuracy: mean and std over seeds of each seed's mean over draws."""
+
+    acc_mean: float
+    acc_std: float
+    per_seed: list[float]
+
+
+@dataclass
 class WidthTransfer(Result):
     width: int
-    seeds: list
-    excluded_seeds: list
+    seeds: list[int]
+    excluded_seeds: list[int]
     feature_dim: int
-    source_acc: list            # per seed (final source test accuracy)
+    source_acc: list[float]     # per seed (final source test accuracy)
     source_acc_mean: float
     source_acc_std: float
-    target_acc: list            # per seed
+    target_acc: list[float]     # per seed
     target_acc_mean: float
     target_acc_std: float
-    target_loss: list
+    target_loss: list[float]
     target_loss_mean: float
     target_loss_std: float
-    l2: list                    # chosen regularization per seed
-    few_shot: dict              # K -> {"acc_mean", "acc_std", "per_seed"} (mean over draws per seed)
-    recon_r2: list              # per seed, input reconstruction R^2 (source inputs)
+    l2: list[float]             # chosen regularization per seed
+    few_shot: dict[int, FewShot]
+    recon_r2: list[float]       # per seed, input reconstruction R^2 (source inputs)
     recon_r2_mean: float
     recon_r2_std: float
-    knn_acc: list               # per seed, k-NN accuracy on source labels
+    knn_acc: list[float]        # per seed, k-NN accuracy on source labels
     knn_acc_mean: float
     knn_acc_std: float
     knn_acc_matched: float      # at the reference source accuracy (see module doc)
+
+
+@dataclass
+class Matching(Result):
+    """k-NN accuracy at matched source accuracy: the common within-width slope and the reference."""
+
+    method: str
+    slope: float
+    slope_err: float
+    reference_source_acc: float
+    source_acc_range: list[float]
 
 
 @dataclass
@@ -192,14 +164,14 @@ class TransferResult(Result):
     target_classes: int
     layer: str
     probe: str
-    shots: list
-    conventions: dict
-    widths: list
-    skipped_widths: list
-    per_width: list
-    matching: dict              # slope, slope_err, reference source accuracy, source-accuracy range
-    trend: dict                 # target accuracy vs log2 width: slope per doubling +- err
-    summary: list = field(default_factory=list)
+    shots: list[int]
+    conventions: dict[str, str]
+    widths: list[int]
+    skipped_widths: list[int]
+    per_width: list[WidthTransfer]
+    matching: Matching
+    target_trend: LineFit       # target accuracy against log2 width: slope = change per width doubling
+    source_trend: LineFit       # the same for the source accuracy of the same members
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -245,36 +217,29 @@ def ancova_slope(groups_x: list, groups_y: list) -> tuple[float, float]:
     return b, math.sqrt(s2 / sxx)
 
 
-def transfer(run, target: str | None = None, layer: str | None = None, probe: str | None = None,
-             shots: list[int] | tuple = (), draws: int | None = None, val_frac: float | None = None,
-             information: bool | None = None, n_info: int | None = None, batch_size: int = 512,
-             seed: int = 0) -> TransferResult:
-    """Fit a new last layer on frozen features of every member for ``target`` (see module doc).
+def transfer(run, **options) -> TransferResult:
+    """Fit a new last layer on frozen features of every member (see module doc).
 
-    Unset arguments come from the run recipe's ``[transfer]`` table, then the defaults of
-    :class:`TransferOptions`.  ``target`` is any task spec of ``widthkit.data.load_task``.
+    ``run``: a run directory, a Run or a point view; ``options``: fields of :class:`TransferOptions`
+    (unset ones come from the recipe's ``[transfer]`` table, then the defaults).
     """
-    if isinstance(run, (str, Path)):
-        from ..store import open_run
-        run = open_run(run)
-    from ..data import load_task
-    from ..recipe import section
-    opts = section(run.recipe, "transfer", TransferOptions)
-    target = target or opts.target
-    layer = layer or opts.layer or PENULTIMATE
-    probe = probe or opts.probe
-    shots = [int(k) for k in (shots or opts.shots)]
-    draws = int(draws if draws is not None else opts.draws)
-    val_frac = float(val_frac if val_frac is not None else opts.val_frac)
-    information = bool(opts.information if information is None else information)
-    n_info = int(n_info if n_info is not None else opts.n_info)
+    from ..store import open_run
+    run = open_run(run) if isinstance(run, (str, Path)) else run
+    view = run.select(0) if len(run.points) == 1 else run
+    a = Transfer()
+    return a.compute(Subject(view.recipe, view), a.options(view.recipe, **options))
+
+
+def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
+    target, probe, shots, draws, val_frac, seed = o.target, o.probe, o.shots, o.draws, o.val_frac, o.seed
+    information, n_info = o.information, o.n_info
     if not target:
-        raise WidthkitError("no transfer target; pass --target TASK (e.g. --target digits:5-9) "
+        raise WidthkitError("no transfer target; pass target=TASK (e.g. target='digits:5-9') "
                             "or set [transfer] target in the recipe")
     if probe not in P.PROBES:
         raise unknown("probe", probe, P.PROBES)
     if any(k < 1 for k in shots):
-        raise WidthkitError(f"--shots must be positive integers, got {shots}")
+        raise WidthkitError(f"shots must be positive integers, got {shots}")
     if not 0 < val_frac < 1:
         raise WidthkitError(f"val_frac must be between 0 and 1, got {val_frac}")
 
@@ -288,12 +253,8 @@ def transfer(run, target: str | None = None, layer: str | None = None, probe: st
                             f"on {tuple(source.in_shape)}; choose a target with the same input shape")
     widths = analysable_widths(run)
     unfinished = sorted(int(w) for w in (run.unfinished or []))
-    # validate the layer name once, on the narrowest member, before any long work
-    if layer != PENULTIMATE:
-        m0 = run.load_member(widths[0], run.seeds[0])
-        if layer not in dict(m0.named_modules()) or not layer:
-            raise unknown("layer", layer, layer_names(m0))
-        del m0
+    # resolve the layer name once, on the narrowest member, before any long work
+    layer = resolve_layer(run.load_member(widths[0], run.seeds[0]), o.layer)
 
     ytr, yte = tgt.y_train.numpy(), tgt.y_test.numpy()
     ys_tr, ys_te = source.y_train[:n_info].numpy(), source.y_test[:n_info].numpy()
@@ -340,7 +301,7 @@ def transfer(run, target: str | None = None, layer: str | None = None, probe: st
         tl, tls = _ms(tloss)
         r2m, r2s_ = _ms(r2s)
         km, ks = _ms(knns)
-        few = {int(k): {"acc_mean": _ms(v)[0], "acc_std": _ms(v)[1], "per_seed": v} for k, v in fs.items()}
+        few = {int(k): FewShot(*_ms(v), v) for k, v in fs.items()}
         per_width.append(WidthTransfer(w, seeds, bad, dim, src_acc, sa, ss, tacc, ta, ts, tloss, tl, tls, l2s, few,
                                        r2s, r2m, r2s_, knns, km, ks, float("nan")))
     if not per_width:
@@ -353,17 +314,14 @@ def transfer(run, target: str | None = None, layer: str | None = None, probe: st
     for p in per_width:
         p.knn_acc_matched = float(p.knn_acc_mean - b * (p.source_acc_mean - ref)) if np.isfinite(ref) \
             else p.knn_acc_mean
-    matching = {"method": "ANCOVA: common within-width slope of k-NN accuracy on source accuracy",
-                "slope": b, "slope_err": berr, "reference_source_acc": ref,
-                "source_acc_range": [float(np.nanmin(all_acc)), float(np.nanmax(all_acc))]
-                if np.isfinite(all_acc).any() else [float("nan"), float("nan")]}
+    matching = Matching("ANCOVA: common within-width slope of k-NN accuracy on source accuracy", b, berr, ref,
+                        [float(np.nanmin(all_acc)), float(np.nanmax(all_acc))] if np.isfinite(all_acc).any()
+                        else [float("nan"), float("nan")])
     W = [p.width for p in per_width]
     tf = fit_line(np.log2(W), [p.target_acc_mean for p in per_width])
     sf = fit_line(np.log2(W), [p.source_acc_mean for p in per_width])
-    trend = {"target_acc_per_doubling": tf.slope, "target_acc_per_doubling_err": tf.slope_err,
-             "source_acc_per_doubling": sf.slope, "source_acc_per_doubling_err": sf.slope_err}
     conventions = {
-        "features": "input of model.get_classifier()" if layer == PENULTIMATE else f"output of module '{layer}'",
+        "features": f"output of module '{layer}'" + (" (the classifier's input)" if o.layer == PENULTIMATE else ""),
         "probe": {"logistic": "multinomial logistic regression, L-BFGS, standardized features, L2 search",
                   "ridge": "closed-form ridge onto one-hot targets, ridge search",
                   "linear-sgd": "logistic loss by SGD with momentum, weight-decay search"}[probe],
@@ -375,13 +333,121 @@ def transfer(run, target: str | None = None, layer: str | None = None, probe: st
         "information": f"ridge R^2 of source inputs and 10-NN accuracy on source labels, first {n_info} source "
                        "train/test examples; matched by ANCOVA (see matching)",
     }
-    summary = [f"target accuracy changes by {tf.slope:+.3f} +- {tf.slope_err:.3f} per width doubling "
-               f"(source accuracy: {sf.slope:+.3f} +- {sf.slope_err:.3f})"]
-    if information and len(per_width) > 1:
-        lo, hi = per_width[0], per_width[-1]
-        summary.append(f"input reconstruction R^2: {lo.recon_r2_mean:.3f} at N={lo.width} -> "
-                       f"{hi.recon_r2_mean:.3f} at N={hi.width}; k-NN at matched source accuracy "
-                       f"{lo.knn_acc_matched:.3f} -> {hi.knn_acc_matched:.3f}")
     return TransferResult(str(getattr(run, "path", "")), source.spec or source.name, tgt.spec or target,
                           int(tgt.num_classes), layer, probe, shots, conventions, W, sorted(skipped), per_width,
-                          matching, trend, summary)
+                          matching, tf, sf)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _accuracy_panel(ax, res, color=None, label=None):
+    W = np.array(res.widths, float)
+    ta = [p.target_acc_mean for p in res.per_width]
+    ts = [p.target_acc_std for p in res.per_width]
+    sa = [p.source_acc_mean for p in res.per_width]
+    line = ax.errorbar(W, ta, np.nan_to_num(ts), marker="o", capsize=3, color=color,
+                       label=label or f"target {res.target}")
+    c = line[0].get_color()
+    ax.plot(W, sa, "--", marker=".", color=c, label=None if label else f"source {res.source_task}")
+    return c
+
+
+def plot_transfer(res, path) -> Path:
+    """Target vs source accuracy against width, few-shot accuracy, and the information probes."""
+    fig, axes = figure(3, 1, size=(4.2, 3.3))
+    ax = axes[0][0]
+    _accuracy_panel(ax, res)
+    ax.set_title(f"new last layer ({res.probe}, {res.layer})", fontsize=9)
+    ax.set_ylabel("test accuracy (dashed: source)")
+    ax = axes[0][1]
+    W = np.array(res.widths, float)
+    for k in res.shots:
+        m = [p.few_shot[k].acc_mean for p in res.per_width]
+        s = [p.few_shot[k].acc_std for p in res.per_width]
+        ax.errorbar(W, m, np.nan_to_num(s), marker="o", capsize=3, label=f"{k}-shot")
+    ax.plot(W, [p.target_acc_mean for p in res.per_width], "k:", label="all target data")
+    ax.set_title("few-shot target accuracy", fontsize=9)
+    ax = axes[0][2]
+    ax.errorbar(W, [p.recon_r2_mean for p in res.per_width], np.nan_to_num([p.recon_r2_std for p in res.per_width]),
+                marker="o", capsize=3, label="input reconstruction R^2")
+    ax.plot(W, [p.knn_acc_mean for p in res.per_width], "s-", label="10-NN source accuracy")
+    ax.plot(W, [p.knn_acc_matched for p in res.per_width], "^--", label="10-NN at matched source acc.")
+    ax.set_title("information in the hidden state", fontsize=9)
+    for a in axes[0]:
+        a.set_xscale("log", base=2)
+        a.set_xlabel("width N")
+        a.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_bench(results: list, path) -> Path:
+    """One line per task: target accuracy vs width (source dashed), and reconstruction R^2 vs width."""
+    fig, axes = figure(2, 1, size=(5.0, 3.6))
+    for name, res in results:
+        c = _accuracy_panel(axes[0][0], res, label=name)
+        W = np.array(res.widths, float)
+        axes[0][1].plot(W, [p.recon_r2_mean for p in res.per_width], "o-", color=c, label=f"{name}: R^2")
+        axes[0][1].plot(W, [p.knn_acc_matched for p in res.per_width], "^:", color=c, label=f"{name}: 10-NN matched")
+    axes[0][0].set_ylabel("target test accuracy (dashed: source)")
+    axes[0][0].set_title("last-layer transfer vs width", fontsize=9)
+    axes[0][1].set_title("information: input R^2 (solid), k-NN at matched acc. (dotted)", fontsize=8)
+    for a in axes[0]:
+        a.set_xscale("log", base=2)
+        a.set_xlabel("width N")
+        a.legend(fontsize=6)
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the registered analysis
+
+@register_analysis
+class Transfer(Analysis):
+    name = "transfer"
+    help = "last-layer transfer to a new task per width and seed (Gilboa & Gur-Ari 2019), plus information probes"
+    Options = TransferOptions
+    Result = TransferResult
+    smoke = {"target": "digits:5-9", "probe": "ridge", "n_info": 200}
+
+    def applies(self, subject: Subject) -> str:
+        o = self.options(subject.recipe)
+        return "" if o.target else "the recipe has no [transfer] target"
+
+    def compute(self, subject: Subject, o: TransferOptions) -> TransferResult:
+        return _transfer(subject.require_point(self.name), o)
+
+    def plot(self, res: TransferResult, folder: Path) -> list[Path]:
+        return [plot_transfer(res, Path(folder) / "transfer.png")]
+
+    def blocks(self, res: TransferResult, folder: Path) -> list[Block]:
+        pw = res.per_width
+        b = Block(self.name, f"Last-layer transfer {res.source_task} → {res.target} ({res.probe}, {res.layer})",
+                  notes=dict(res.conventions))
+        b.tables.append(Table(
+            "Per width: a new last layer fitted on frozen features (mean ± sd over seeds)",
+            ["width", "seeds", "source acc", "target acc", "target loss"] + [f"{k}-shot" for k in res.shots]
+            + ["input R²", "10-NN", "10-NN matched"],
+            [[str(p.width), str(len(p.seeds)), fmt.pm(p.source_acc_mean, p.source_acc_std),
+              fmt.pm(p.target_acc_mean, p.target_acc_std), fmt.pm(p.target_loss_mean, p.target_loss_std)]
+             + [fmt.pm(p.few_shot[k].acc_mean, p.few_shot[k].acc_std) for k in res.shots]
+             + [fmt.pm(p.recon_r2_mean, p.recon_r2_std), fmt.num(p.knn_acc_mean), fmt.num(p.knn_acc_matched)]
+             for p in pw]))
+        b.lines = [_trend_reading(res)]
+        if len(pw) > 1 and math.isfinite(pw[0].recon_r2_mean):
+            lo, hi = pw[0], pw[-1]
+            b.lines.append(f"input reconstruction R² {fmt.num(lo.recon_r2_mean)} at N={lo.width} → "
+                           f"{fmt.num(hi.recon_r2_mean)} at N={hi.width}; 10-NN accuracy at matched source accuracy "
+                           f"{fmt.num(lo.knn_acc_matched)} → {fmt.num(hi.knn_acc_matched)}")
+        b.figures.append(Figure(Path(folder) / "transfer.png", " ".join(b.lines)))
+        return [b]
+
+
+def _trend_reading(res: TransferResult) -> str:
+    lo, hi, t, s = res.per_width[0], res.per_width[-1], res.target_trend, res.source_trend
+    err = f" ± {t.slope_err:.3f}" if len(res.per_width) > 2 else ""
+    gap = t.slope - s.slope
+    verdict = ("target accuracy grows faster with width than source accuracy" if gap > t.slope_err
+               else "target accuracy grows no faster with width than source accuracy (better features cannot be "
+                    "told from better training here)")
+    return (f"target accuracy {fmt.pct(lo.target_acc_mean)} at N={lo.width} and {fmt.pct(hi.target_acc_mean)} at "
+            f"N={hi.width}: {fmt.signed(t.slope)}{err} per width doubling vs {fmt.signed(s.slope)} for the source; "
+            + verdict)

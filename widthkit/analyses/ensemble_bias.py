@@ -35,16 +35,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
+from .. import fmt
 from ..errors import WidthkitError
 from ..fitting import LineFit, fit_line, fit_power_law
-from ..progress import info, track, warn
-from ..store import analysable_widths
+from ..plots import figure, loglog_fit_line, save, width_colors
+from ..progress import track, warn
 from ..results import Result
+from ..store import analysable_widths
+from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
 AVERAGES = ("outputs", "probs")
 
@@ -122,11 +126,11 @@ def _subsets(n: int, k: int, n_subsets: int, rng: np.random.Generator) -> list[t
 class EnsembleCurve(Result):
     """Loss and error of K-member ensembles, K = 1..E, averaged over K-subsets."""
 
-    ks: list
-    loss: list
-    loss_std: list      # spread over subsets
-    error: list
-    n_subsets: list     # subsets used per K
+    ks: list[int]
+    loss: list[float]
+    loss_std: list[float]   # spread over subsets
+    error: list[float]
+    n_subsets: list[int]    # subsets used per K
 
 
 def ensemble_curve(outputs, targets, loss: str, n_subsets: int = 64, average: str = "outputs",
@@ -322,8 +326,8 @@ class WidthEnsemble(Result):
     """Everything measured at one width at the analysed step."""
 
     width: int
-    seeds: list                 # members used
-    excluded_seeds: list        # diverged (or non-finite outputs), left out
+    seeds: list[int]            # members used
+    excluded_seeds: list[int]   # diverged (or non-finite outputs), left out
     single_loss: float          # mean over seeds
     single_loss_std: float      # spread over seeds
     single_loss_err: float      # standard error of the mean (std / sqrt(E))
@@ -341,47 +345,36 @@ class WidthEnsemble(Result):
 class Agreement(Result):
     """Point-wise agreement with the widest width over training ([width][step] lists)."""
 
-    steps: list
-    widths: list
+    steps: list[int]
+    widths: list[int]
     reference_width: int
-    single_msd: list
-    single_top1: list
-    ensemble_msd: list
-    ensemble_top1: list
-    ensemble_size: list         # members per half-ensemble, per width
-    single_loss: list           # mean single-model loss, [width][step]
-    ensemble_loss: list         # loss of the all-member ensemble, [width][step]
+    single_msd: list[list[float]]       # [width][step]
+    single_top1: list[list[float]]
+    ensemble_msd: list[list[float]]
+    ensemble_top1: list[list[float]]
+    ensemble_size: list[int]            # members per half-ensemble, per width
+    single_loss: list[list[float]]      # mean single-model loss, [width][step]
+    ensemble_loss: list[list[float]]    # loss of the all-member ensemble, [width][step]
 
 
 @dataclass
 class EnsembleBiasResult(Result):
+    """Ensemble bias of one grid point at one evaluation step (see the module docstring)."""
+
     run: str
     step: int
     loss: str
-    averaged: str               # what the ensemble averages (see module doc)
-    conventions: dict
-    widths: list
-    skipped_widths: list        # unfinished, or fewer than 2 usable members
-    excluded: dict              # width -> seeds left out (diverged / non-finite)
-    per_width: list             # WidthEnsemble per width
-    variance_fit: dict          # exponent, exponent_err, log_prefactor, n
+    averaged: str                       # what the ensemble averages (see module doc)
+    conventions: dict[str, str]
+    widths: list[int]
+    skipped_widths: list[int]           # unfinished, or fewer than 2 usable members
+    excluded: dict[int, list[int]]      # width -> seeds left out (diverged / non-finite)
+    per_width: list[WidthEnsemble]
+    variance_fit: LineFit               # log V = intercept + slope log N (Vyas et al.: slope about -1)
     bias_fit: BiasFit | None
     wide_single_loss: float
     wide_single_loss_err: float
     agreement: Agreement | None
-    summary: list = field(default_factory=list)
-
-    def width_table(self) -> list[dict]:
-        """One row per width with the headline numbers (for tables)."""
-        rows = []
-        for w in self.per_width:
-            rows.append({"width": w.width, "members": len(w.seeds), "single_loss": w.single_loss,
-                         "single_loss_std": w.single_loss_std, "single_error": w.single_error,
-                         "ensemble_loss": w.ensemble.curve.loss[-1], "ensemble_error": w.ensemble.curve.error[-1],
-                         "l_inf": w.ensemble.l_inf, "l_inf_err": w.ensemble.l_inf_err,
-                         "variance": w.variance, "bias_vs_single": w.bias_vs_single,
-                         "reaches_wide": w.reaches_wide})
-        return rows
 
 
 # ----------------------------------------------------------------------------- run-level analysis
@@ -405,17 +398,22 @@ def _resolve_step(run, widths: list[int], step: int | None) -> int | None:
     return int(step)
 
 
-def ensemble_bias(run, step: int | None = None, n_subsets: int = 64, average: str = "outputs",
-                  n_splits: int = 8, over_training: bool = True, seed: int = 0) -> EnsembleBiasResult:
+def ensemble_bias(run, **options) -> EnsembleBiasResult:
     """Variance and bias of narrower width on a trained ladder (see module docstring).
 
-    ``run``: a Run or a run directory.  ``step``: analyse this evaluation step (default: final
-    outputs).  ``n_subsets``: K-subsets averaged per K.  ``over_training``: also compute the
-    agreement with the widest width at every stored evaluation step.
+    ``run``: a run directory, a Run or a point view; ``options``: fields of :class:`EnsembleBiasOptions`.
     """
-    if isinstance(run, (str, Path)):
-        from ..store import open_run
-        run = open_run(run)
+    return EnsembleBias().compute(Subject(None, _point(run)), EnsembleBias().options(None, **options))
+
+
+def _point(run):
+    from ..store import open_run
+    run = open_run(run) if isinstance(run, (str, Path)) else run
+    return run.select(0) if len(run.points) == 1 else run
+
+
+def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits: int, over_training: bool,
+                   seed: int) -> EnsembleBiasResult:
     loss = run.loss_name
     if loss not in ("xent", "mse"):
         raise WidthkitError(f"ensemble-bias supports xent and mse runs, not '{loss}'")
@@ -468,14 +466,11 @@ def ensemble_bias(run, step: int | None = None, n_subsets: int = 64, average: st
 
     V = [p.variance for p in per_width]
     Verr = [p.variance_err for p in per_width]
-    vf = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) else None)
-    variance_fit = {"exponent": vf.slope, "exponent_err": vf.slope_err, "log_prefactor": vf.intercept,
-                    "log_prefactor_err": vf.intercept_err, "n": vf.n, "paper_exponent": -1.0}
+    variance_fit = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) else None)
     bf = fit_bias(widths, [p.ensemble.l_inf for p in per_width], [p.ensemble.l_inf_err for p in per_width])
 
     agreement = _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed)
 
-    summary = _summary(per_width, variance_fit, bf, wide_single, wide_single_err)
     step_out = int(step) if step is not None else int(run.logit_steps(wmax)[-1])
     conventions = {
         "ensemble": ("mean of logits before the softmax" if loss == "xent" else "mean of outputs")
@@ -489,7 +484,7 @@ def ensemble_bias(run, step: int | None = None, n_subsets: int = 64, average: st
     }
     return EnsembleBiasResult(str(getattr(run, "path", "")), step_out, loss, average, conventions, widths,
                               sorted(skipped), {int(k): v for k, v in excluded.items()}, per_width,
-                              variance_fit, bf, wide_single, wide_single_err, agreement, summary)
+                              variance_fit, bf, wide_single, wide_single_err, agreement)
 
 
 def _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed) -> Agreement | None:
@@ -534,22 +529,205 @@ def _agreement(run, widths, data, targets, loss, step, over_training, n_splits, 
                      res["sl"], res["el"])
 
 
-def _summary(per_width, vfit, bf, wide_single, wide_err) -> list[str]:
-    lines = []
-    if np.isfinite(vfit["exponent"]):
-        lines.append(f"output variance ~ N^{vfit['exponent']:.2f} +- {vfit['exponent_err']:.2f} "
-                     f"(Vyas et al.: about -1)")
-    wmax = per_width[-1].width
-    narrow = [p for p in per_width if p.width != wmax]
-    if narrow:
-        reach = [p.width for p in narrow if p.reaches_wide]
-        miss = [p.width for p in narrow if not p.reaches_wide]
-        if miss:
-            lines.append(f"bias of narrower width: infinite ensembles of widths {miss} stay above the single "
-                         f"width-{wmax} model (loss {wide_single:.4g} +- {wide_err:.2g})")
-        if reach:
-            lines.append(f"ensembling widths {reach} reaches the single width-{wmax} model within error bars")
+# ----------------------------------------------------------------------------- plots
+
+def plot_loss_vs_width(res, path) -> Path:
+    """Single-model loss (mean +- std over seeds), the all-member ensemble and L_inf vs width."""
+    fig, axes = figure(1, 1, size=(5.0, 3.6))
+    ax = axes[0][0]
+    W = np.array(res.widths, float)
+    single = np.array([p.single_loss for p in res.per_width])
+    sstd = np.array([p.single_loss_std for p in res.per_width])
+    ens = np.array([p.ensemble.curve.loss[-1] for p in res.per_width])
+    linf = np.array([p.ensemble.l_inf for p in res.per_width])
+    lerr = np.array([p.ensemble.l_inf_err for p in res.per_width])
+    E = [len(p.seeds) for p in res.per_width]
+    ax.errorbar(W, single, sstd, marker="o", capsize=3, label="single model (mean, std over seeds)")
+    ax.plot(W, ens, "s-", label=f"ensemble of all members (E={min(E)}..{max(E)})")
+    ax.errorbar(W, linf, lerr, marker="^", capsize=3, label="infinite ensemble L_inf (fit in 1/K)")
+    ax.axhline(res.wide_single_loss, color="gray", ls=":", label=f"single width-{res.widths[-1]}")
+    bf = res.bias_fit
     if bf is not None:
-        lines.append(f"L_inf(N) = {bf.l_wide:.4g} + {bf.b:.3g} N^-{bf.alpha:.2f} "
-                     f"(alpha in [{bf.alpha_lo:.2f}, {bf.alpha_hi:.2f}])")
-    return lines
+        x = np.geomspace(W.min(), W.max(), 100)
+        ax.plot(x, bf.l_wide + bf.b * x ** -bf.alpha, "k--", lw=1,
+                label=f"L_inf = {bf.l_wide:.3g} + b N^-{bf.alpha:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width N")
+    ax.set_ylabel(f"test loss ({res.loss})")
+    ax.set_title(f"step {res.step}")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_loss_vs_k(res, path) -> Path:
+    """L(K) against 1/K per width with the fitted line and its intercept L_inf."""
+    fig, axes = figure(1, 1, size=(5.0, 3.6))
+    ax = axes[0][0]
+    colors = width_colors(res.widths)
+    for p in res.per_width:
+        c = colors[p.width]
+        inv = 1.0 / np.array(p.ensemble.curve.ks, float)
+        ax.errorbar(inv, p.ensemble.curve.loss, p.ensemble.curve.loss_std, marker="o", ls="none",
+                    color=c, capsize=2, ms=3, label=f"N={p.width}")
+        x = np.linspace(0, 1, 20)
+        ax.plot(x, p.ensemble.l_inf + p.ensemble.c * x, "-", color=c, lw=1)
+    ax.set_xlabel("1 / K (ensemble size)")
+    ax.set_ylabel(f"ensemble test loss ({res.loss})")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("L(K) = L_inf + c/K")
+    return save(fig, path)
+
+
+def plot_variance(res, path) -> Path:
+    """Output variance over seeds against width, log-log, with the fitted power law."""
+    fig, axes = figure(1, 1, size=(4.6, 3.6))
+    ax = axes[0][0]
+    W = np.array(res.widths, float)
+    V = np.array([p.variance for p in res.per_width])
+    Ve = np.array([p.variance_err for p in res.per_width])
+    ax.errorbar(W, V, np.nan_to_num(Ve), marker="o", ls="none", capsize=3, label="variance over seeds")
+    vf = res.variance_fit
+    if np.isfinite(vf.slope):
+        loglog_fit_line(ax, W, vf.slope, vf.intercept, label=f"slope {vf.slope:.2f} +- {vf.slope_err:.2f}")
+        loglog_fit_line(ax, W, -1.0, float(np.log(V[-1] * W[-1])), color="gray", lw=0.8, label="slope -1")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width N")
+    ax.set_ylabel("output variance")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_agreement(res, path) -> Path:
+    """Agreement with the widest width against width, one line per evaluation step."""
+    ag = res.agreement
+    has_top1 = bool(np.isfinite(np.array(ag.single_top1, float)).any())
+    fig, axes = figure(2, 2 if has_top1 else 1, size=(4.2, 3.2))
+    W = np.array(ag.widths, float)
+    cmap = matplotlib.colormaps["plasma"]
+    S = len(ag.steps)
+    panels = [(axes[0][0], ag.single_msd, "single: mean sq. distance", True),
+              (axes[0][1], ag.ensemble_msd, "ensemble (half seeds): mean sq. distance", True)]
+    if has_top1:  # regression outputs have no top-1
+        panels += [(axes[1][0], ag.single_top1, "single: top-1 agreement", False),
+                   (axes[1][1], ag.ensemble_top1, "ensemble: top-1 agreement", False)]
+    for ax, vals, title, logy in panels:
+        arr = np.array(vals, float)  # [width, step]
+        for j, s in enumerate(ag.steps):
+            col = cmap(0.9 * j / max(S - 1, 1))
+            ax.plot(W, arr[:, j], "o-", ms=3, color=col, label=f"step {s}" if S <= 8 or j in (0, S - 1) else None)
+        ax.set_xscale("log", base=2)
+        if logy and np.nanmin(arr) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("width N")
+        ax.set_title(f"{title} vs N={ag.reference_width}", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the registered analysis
+
+@dataclass
+class EnsembleBiasOptions:
+    """Options of ``ensemble-bias`` (recipe table ``[ensemble_bias]``)."""
+
+    step: int = opt(-1, "evaluation step to analyse (-1: the final outputs)")
+    subsets: int = opt(64, "K-subsets averaged per ensemble size K")
+    average: str = opt("outputs", "what ensembles average: outputs (logits) or probs (softmax, xent only)")
+    splits: int = opt(8, "random half-splits of the seeds for the ensemble agreement")
+    over_training: bool = opt(True, "also measure the agreement with the widest width at every stored step")
+    seed: int = opt(0, "seed of the subset and split sampling")
+
+
+@register_analysis
+class EnsembleBias(Analysis):
+    name = "ensemble-bias"
+    help = "narrow ensembles vs one wide net: output variance ~ 1/width, bias of narrower width, agreement"
+    Options = EnsembleBiasOptions
+    Result = EnsembleBiasResult
+    smoke = {"subsets": 4}
+
+    def compute(self, subject: Subject, o: EnsembleBiasOptions) -> EnsembleBiasResult:
+        return _ensemble_bias(subject.require_point(self.name), None if o.step < 0 else o.step, o.subsets,
+                              o.average, o.splits, o.over_training, o.seed)
+
+    def plot(self, res: EnsembleBiasResult, folder: Path) -> list[Path]:
+        folder = Path(folder)
+        paths = [plot_loss_vs_width(res, folder / "ensemble_loss_vs_width.png"),
+                 plot_loss_vs_k(res, folder / "ensemble_loss_vs_k.png"),
+                 plot_variance(res, folder / "ensemble_variance.png")]
+        if res.agreement is not None:
+            paths.append(plot_agreement(res, folder / "ensemble_agreement.png"))
+        return paths
+
+    def blocks(self, res: EnsembleBiasResult, folder: Path) -> list[Block]:
+        pw = res.per_width
+        b = Block(self.name, f"Ensemble bias at step {res.step} ({res.loss}, ensembles average {res.averaged})",
+                  notes=dict(res.conventions))
+        b.tables.append(Table(
+            "Per width: single models, ensembles, infinite-ensemble loss L_inf and output variance",
+            ["width", "members", "single loss (mean ± sd)", "single error", "ensemble (all) loss", "L_inf",
+             "variance", "L_inf − single(widest)", "reaches widest"],
+            [[str(p.width), str(len(p.seeds)), fmt.pm(p.single_loss, p.single_loss_std), fmt.pct(p.single_error),
+              fmt.num(p.ensemble.curve.loss[-1]), fmt.pm(p.ensemble.l_inf, p.ensemble.l_inf_err),
+              fmt.pm(p.variance, p.variance_err), fmt.num(p.bias_vs_single), "yes" if p.reaches_wide else "no"]
+             for p in pw]))
+        readings = {"ensemble_variance.png": _variance_reading(res), "ensemble_loss_vs_width.png": _width_reading(res),
+                    "ensemble_loss_vs_k.png": _k_reading(res)}
+        if res.agreement is not None:
+            readings["ensemble_agreement.png"] = _agreement_reading(res.agreement)
+        b.lines = [readings["ensemble_variance.png"], readings["ensemble_loss_vs_width.png"]]
+        b.figures = [Figure(Path(folder) / name, text) for name, text in
+                     sorted(readings.items(), key=lambda kv: _FIGURE_ORDER.index(kv[0]))]
+        return [b]
+
+
+_FIGURE_ORDER = ["ensemble_loss_vs_width.png", "ensemble_loss_vs_k.png", "ensemble_variance.png",
+                 "ensemble_agreement.png"]
+
+
+def _variance_reading(res: EnsembleBiasResult) -> str:
+    lo, hi, vf = res.per_width[0], res.per_width[-1], res.variance_fit
+    if not math.isfinite(vf.slope):
+        return f"output variance {fmt.num(lo.variance)} at N={lo.width} (too few widths for a power law)"
+    err = f" ± {vf.slope_err:.2f}" if vf.n > 2 else " (two widths: no error bar)"
+    return (f"output variance {'falls' if vf.slope < 0 else 'grows'} as N^{vf.slope:.2f}{err}, from "
+            f"{fmt.num(lo.variance)} at N={lo.width} to {fmt.num(hi.variance)} at N={hi.width} "
+            "(prediction: N^-1, Vyas et al. 2023)")
+
+
+def _width_reading(res: EnsembleBiasResult) -> str:
+    pw, lo, hi = res.per_width, res.per_width[0], res.per_width[-1]
+    s = (f"single-model test loss {fmt.num(lo.single_loss)} at N={lo.width} and {fmt.num(hi.single_loss)} at "
+         f"N={hi.width}")
+    if len(pw) > 1:
+        miss = [p.width for p in pw[:-1] if not p.reaches_wide]
+        s += (f"; infinite ensembles of widths {miss} stay above the single width-{hi.width} model (loss "
+              f"{fmt.pm(res.wide_single_loss, res.wide_single_loss_err, 4)}): a bias of narrower width" if miss else
+              f"; every narrower infinite ensemble reaches the single width-{hi.width} model within error bars")
+    bf = res.bias_fit
+    if bf is not None:
+        s += (f"; L_inf(N) = {fmt.num(bf.l_wide, 4)} + {fmt.num(bf.b)}·N^-{bf.alpha:.2f} "
+              f"(alpha in [{bf.alpha_lo:.2f}, {bf.alpha_hi:.2f}])")
+    return s
+
+
+def _k_reading(res: EnsembleBiasResult) -> str:
+    lo, hi = res.per_width[0], res.per_width[-1]
+    gain = [p.ensemble.curve.loss[0] - p.ensemble.curve.loss[-1] for p in (lo, hi)]
+    return (f"ensembling {len(hi.ensemble.curve.ks)} members lowers the loss by {fmt.num(gain[0])} at N={lo.width} "
+            f"and by {fmt.num(gain[1])} at N={hi.width}; the 1/K coefficient (the variance term) is "
+            f"{fmt.num(lo.ensemble.c)} → {fmt.num(hi.ensemble.c)}")
+
+
+def _agreement_reading(ag: Agreement) -> str:
+    i0, ir = 0, len(ag.widths) - 1
+    step, w0, wr = ag.steps[-1], ag.widths[i0], ag.reference_width
+    if math.isfinite(ag.single_top1[i0][-1]):
+        return (f"at step {step}, single width-{w0} members agree with width-{wr} members on "
+                f"{fmt.pct(ag.single_top1[i0][-1])} of test points (seed-to-seed floor at width {wr}: "
+                f"{fmt.pct(ag.single_top1[ir][-1])}); half-ensembles: {fmt.pct(ag.ensemble_top1[i0][-1])} vs "
+                f"{fmt.pct(ag.ensemble_top1[ir][-1])}")
+    return (f"at step {step}, mean squared output distance to width {wr}: {fmt.num(ag.single_msd[i0][-1])} for "
+            f"width {w0} vs a seed-to-seed floor of {fmt.num(ag.single_msd[ir][-1])}")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import unknown
-from ..results import Result
+from .errors import unknown
+from .results import Result
 
 PROBES = ("logistic", "linear-sgd", "ridge")
 L2_GRID = tuple(float(x) for x in np.logspace(-5, 0, 6))
@@ -64,16 +64,22 @@ class LinearHead:
     kind: str
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, np.float64) @ self.W.T + self.b
+        """[N, C] for one probe; [G, N, C] for G probes on x [G, N, F]."""
+        return np.asarray(x, np.float64) @ np.swapaxes(self.W, -1, -2) + self.b[..., None, :]
 
 
 def fit_logistic(x, y, num_classes: int, l2: float, max_iter: int = 200, tol: float = 1e-6,
                  init: LinearHead | None = None) -> LinearHead:
-    """Multinomial logistic regression by full-batch L-BFGS (float64); ``init`` warm-starts it."""
+    """Multinomial logistic regression by full-batch L-BFGS (float64); ``init`` warm-starts it.
+
+    ``x`` is [N, F] (one probe) or [G, N, F]: G independent probes on the same labels, fitted as one
+    problem whose objective is the sum of theirs (so each reaches its own optimum); then W is [G, C, F].
+    """
     X = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     Y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    W = torch.zeros(num_classes, X.shape[1], dtype=torch.float64)
-    b = torch.zeros(num_classes, dtype=torch.float64)
+    lead = X.shape[:-2]
+    W = torch.zeros(*lead, num_classes, X.shape[-1], dtype=torch.float64)
+    b = torch.zeros(*lead, num_classes, dtype=torch.float64)
     if init is not None:
         W, b = torch.tensor(init.W), torch.tensor(init.b)
     W.requires_grad_(True)
@@ -83,7 +89,9 @@ def fit_logistic(x, y, num_classes: int, l2: float, max_iter: int = 200, tol: fl
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(X @ W.T + b, Y) + 0.5 * l2 * (W * W).sum()
+        z = X @ W.transpose(-1, -2) + b.unsqueeze(-2)
+        ce = F.cross_entropy(z.reshape(-1, num_classes), Y.repeat(int(np.prod(lead, dtype=int))), reduction="sum")
+        loss = ce / len(Y) + 0.5 * l2 * (W * W).sum()
         loss.backward()
         return loss
 

@@ -31,15 +31,15 @@ def tiny_run(tmp_path_factory):
 
 
 def test_atlas_command_on_a_ladder_member(tiny_run, tmp_path, capsys):
-    rc = main(["atlas", str(tiny_run), "--width", "32", "--seed", "0", "--grid", "3", "--min-count", "1",
+    rc = main(["atlas", str(tiny_run), "--widths", "32", "--seed", "0", "--grid", "3", "--min-count", "1",
                "--steps", "2", "--size", "8", "--max-vectors", "300", "--out", str(tmp_path), "--json"])
     assert rc == 0
-    res = json.loads(capsys.readouterr().out)
+    res = json.loads(capsys.readouterr().out)["atlases"][0]
     assert res["layer"] == "act1" and res["n_vectors"] == 300  # penultimate layer by default
-    assert (tmp_path / "atlas.png").exists() and (tmp_path / "atlas.html").exists()
+    assert (tmp_path / res["folder"] / "atlas.png").exists() and (tmp_path / res["folder"] / "atlas.html").exists()
     assert main(["atlas", str(tiny_run), "--layer", "fc9"]) == 2
     assert "unknown layer 'fc9'" in capsys.readouterr().err
-    assert main(["atlas", str(tiny_run), "--width", "7"]) == 2
+    assert main(["atlas", str(tiny_run), "--widths", "7"]) == 2
     assert "finished: [8, 32]" in capsys.readouterr().err
 
 
@@ -63,7 +63,7 @@ def test_timm_checkpoint_loads_exactly_on_builtin_digits(tmp_path, capsys, name,
     import timm
     import torch
 
-    from widthkit.commands.atlas import load_timm
+    from widthkit.commands.atlas_timm import load_timm
     kw = {"img_size": size} if name.startswith("vit") else {}
     torch.manual_seed(0)
     saved = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
@@ -75,6 +75,6 @@ def test_timm_checkpoint_loads_exactly_on_builtin_digits(tmp_path, capsys, name,
     with torch.no_grad():
         torch.testing.assert_close(model(x[:4]), saved(x[:4]))
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
-    code = main(["atlas", "--timm", name, "--checkpoint", str(tmp_path / "other.pt"), "--data", "digits"])
+    code = main(["atlas-timm", name, "--checkpoint", str(tmp_path / "other.pt"), "--data", "digits"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "checkpoint does not fit" in err and len(err.splitlines()) == 1

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from widthkit.analysis import ensemble_bias as eb
+from widthkit.analyses import ensemble_bias as eb
 
 _TINY: dict = {}
 TINY_RECIPE = """
@@ -93,9 +93,9 @@ def test_variance_exponent_is_minus_one_for_one_over_sqrt_n_noise():
     y = rng.integers(0, 5, 300)
     widths = [16, 64, 256, 1024]
     run = FakeRun({w: _members(rng, mu, 6, w) for w in widths}, y, loss="xent")
-    res = eb.ensemble_bias(run, n_subsets=16, over_training=False)
-    assert abs(res.variance_fit["exponent"] + 1.0) < 0.1
-    assert res.variance_fit["exponent_err"] < 0.1
+    res = eb.ensemble_bias(run, subsets=16, over_training=False)
+    assert abs(res.variance_fit.slope + 1.0) < 0.1
+    assert res.variance_fit.slope_err < 0.1
     # the variance of class-centred logits is (C-1)/C * scale^2 / N
     assert res.per_width[0].variance == pytest.approx(0.8 * 4 / 16, rel=0.1)
 
@@ -108,7 +108,7 @@ def test_infinite_ensemble_recovers_mean_predictor_loss_mse():
     y = mu + 0.5 * rng.standard_normal((n, C))
     true = 0.5 * np.mean(np.sum((mu - y) ** 2, 1))          # loss of the infinite ensemble
     out = _members(rng, mu, E, 16)                            # variance 0.25 per coordinate
-    inf = eb.infinite_ensemble(out, y, "mse", n_subsets=32)
+    inf = eb.infinite_ensemble(out, y, "mse", subsets=32)
     assert abs(inf.l_inf - true) < 3 * inf.l_inf_err + 1e-3
     assert inf.l_inf_err < 0.02
     # slope of the 1/K line is 0.5 * C * variance
@@ -125,7 +125,7 @@ def test_infinite_ensemble_xent_approaches_mean_logit_loss():
     y = np.array([rng.choice(4, p=np.exp(m) / np.exp(m).sum()) for m in mu])
     true = eb.loss_and_error(mu, y, "xent")[0]
     out = _members(rng, mu, 8, 64, scale=4.0)                 # logit std 0.5
-    inf = eb.infinite_ensemble(out, y, "xent", n_subsets=32)
+    inf = eb.infinite_ensemble(out, y, "xent", subsets=32)
     assert inf.curve.loss[0] > true + 0.05                    # single members are clearly worse
     assert abs(inf.l_inf - true) < max(3 * inf.l_inf_err, 0.01)
 
@@ -141,7 +141,7 @@ def test_bias_of_narrower_width_and_its_power_law():
     widths = [4, 16, 64, 256, 1024]
     outs = {w: _members(rng, mu + 0.8 * w ** -0.5 * d * math.sqrt(2), 8, w, scale=0.5) for w in widths}
     run = FakeRun(outs, y, loss="mse", diverged={16: [2]}, unfinished=[2048])
-    res = eb.ensemble_bias(run, n_subsets=24)
+    res = eb.ensemble_bias(run, subsets=24)
     assert 2048 in res.skipped_widths and res.excluded == {16: [2]}
     assert len(res.per_width[1].seeds) == 7
     linf = np.array([p.ensemble.l_inf for p in res.per_width])
@@ -169,13 +169,13 @@ def test_step_and_average_validation():
 
 def test_real_ladder_end_to_end(tiny_run, tmp_path, capsys):
     """On a trained ladder: loss from stored logits equals the trainer's test loss; CLI writes JSON+plots."""
-    res = eb.ensemble_bias(tiny_run, n_subsets=8)
+    res = eb.ensemble_bias(tiny_run, subsets=8)
     assert res.widths == [8, 16, 32, 64] and res.loss == "xent"
     for p in res.per_width:
         m = tiny_run.metrics(p.width)["test_loss"][:, -1]
         assert p.single_loss == pytest.approx(float(np.mean(m)), rel=1e-4)
         assert p.ensemble.curve.loss[-1] <= p.single_loss + 1e-9   # averaging logits never hurts on average here
-    assert np.isfinite(res.variance_fit["exponent"])
+    assert np.isfinite(res.variance_fit.slope)
     assert res.agreement.steps == [0, 20, 40, 60]
     # all members start from the same muP-scaled init distribution: agreement grows as training proceeds
     top1 = np.array(res.agreement.single_top1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from widthkit.analysis import probes as P
-from widthkit.analysis import transfer as T
+from widthkit import probes as P
+from widthkit.analyses import transfer as T
 from widthkit.errors import WidthkitError
 
 from test_ensemble_bias import tiny_run_path
@@ -83,7 +83,7 @@ def test_transfer_on_tiny_ladder_and_cache_reuse(tiny_run, monkeypatch):
     for p in res.per_width:
         assert p.feature_dim == p.width                    # penultimate of an MLP = last hidden layer
         assert len(p.target_acc) == 3 and 0.2 < p.target_acc_mean <= 1.0
-        assert p.few_shot[3]["acc_mean"] <= p.target_acc_mean + 0.05
+        assert p.few_shot[3].acc_mean <= p.target_acc_mean + 0.05
         assert p.source_acc == pytest.approx(list(tiny_run.metrics(p.width)["test_acc"][:, -1]))
     assert res.per_width[-1].target_acc_mean > 0.6           # wide random-ish features transfer well
     files = sorted((tiny_run.cache_dir / "transfer").glob("*.h5"))

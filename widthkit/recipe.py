@@ -6,8 +6,9 @@ and suggesting the right one.  ``--set section.key=value`` overrides any field.
 
 Any scalar field may be given as a list to sweep over it (``optim.lr = [0.01, 0.1]``);
 :func:`expand_grid` turns such a recipe into one recipe per grid point.
-Analysis sections (``[transfer]``, ``[atlas]``, ``[dynamics]``, ``[ensemble_bias]``,
-``[study]``) are free-form tables that each analysis validates with :func:`section`.
+Any other table (``[transfer]``, ``[atlas]``, ``[study]``, ...) belongs to an analysis, which validates
+it with :func:`section`; a table whose name is close to a training section (``[modle]``) is refused as a
+typo, and ``widthkit.analyses.base.check_recipe_tables`` checks the rest against the registered analyses.
 """
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WidthkitError, did_you_mean
-
-ANALYSIS_SECTIONS = ("transfer", "atlas", "dynamics", "ensemble_bias", "study")
 
 
 @dataclass
@@ -116,7 +115,7 @@ class Recipe:
         d = self.to_dict()
         for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb"):
             d["train"].pop(k, None)
-        for k in ANALYSIS_SECTIONS:
+        for k in self.analysis:
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -240,7 +239,7 @@ def from_dict(raw: dict) -> Recipe:
     """Build and validate a :class:`Recipe` from a TOML-shaped dict (one grid point)."""
     raw = copy.deepcopy(raw)
     top = [f.name for f in dataclasses.fields(Recipe) if f.name != "analysis"]
-    known = set(top) | set(ANALYSIS_SECTIONS)
+    known = set(top) | set(_SECTIONS)
     kwargs: dict[str, Any] = {"analysis": {}}
     for key, value in raw.items():
         if key in _SECTIONS:
@@ -251,13 +250,11 @@ def from_dict(raw: dict) -> Recipe:
             kwargs[key] = _build_section(key, _SECTIONS[key], value)
         elif key in ("name", "seed"):
             kwargs[key] = _coerce(key, value, str if key == "name" else int)
-        elif key in ANALYSIS_SECTIONS:
-            if not isinstance(value, dict):
-                raise WidthkitError(f"recipe key '{key}' must be a table ([{key}])")
-            kwargs["analysis"][key] = value
+        elif isinstance(value, dict) and not did_you_mean(key, _SECTIONS):
+            kwargs["analysis"][key] = value  # an analysis table
         else:
             raise WidthkitError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
-                                f"valid: {', '.join(sorted(known))}")
+                                f"valid: {', '.join(sorted(known))} and the analysis tables")
     r = Recipe(**kwargs)
     _validate(r)
     return r

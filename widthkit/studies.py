@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analyses.base import Subject, analysis_tables, get_analysis, list_analyses, opt
+from .analyses.base import Subject, check_recipe_tables, get_analysis, list_analyses, opt
 from .errors import WidthkitError, unknown
 from .ladder import train_ladder
 from .progress import info, quiet as quiet_mode, warn
@@ -76,14 +76,6 @@ class StudyResult(Result):
         return [a for a in self.analyses if a.status == "failed"]
 
 
-def _check_tables(rp: Recipe) -> None:
-    """Every analysis table of the recipe names a registered analysis."""
-    known = analysis_tables() + ["study"]
-    for t in rp.analysis:
-        if t not in known:
-            raise WidthkitError(f"recipe table [{t}]: {unknown('analysis table', t, known)}")
-
-
 def plan(rp: Recipe) -> list[tuple[str, str]]:
     """``[(analysis, '' or why it does not run)]`` for one grid point, in running order; validates every
     planned analysis's options so a typo shows before training."""
@@ -93,7 +85,7 @@ def plan(rp: Recipe) -> list[tuple[str, str]]:
         for n in getattr(o, key):
             if n not in names:
                 raise WidthkitError(f"recipe key 'study.{key}': {unknown('analysis', n, names)}")
-    _check_tables(rp)
+    check_recipe_tables(rp)
     out = []
     for n in names:
         a = get_analysis(n)

@@ -53,6 +53,7 @@ class MemberAtlas(Result):
     seed: int
     layer: str
     folder: str
+    grid: int
     n_vectors: int
     n_cells: int
     purity: float               # count-weighted mean share of the dominant class per cell
@@ -129,7 +130,7 @@ class Atlas(Analysis):
             else:
                 a = atlases.make_atlas(model, layer, data, subject.out / folder, **common)
             pur, dom, classes = cell_purity(Path(a.layout_json))
-            out.append(MemberAtlas(w, seed, layer, folder, a.n_vectors, a.n_cells, pur, dom, classes,
+            out.append(MemberAtlas(w, seed, layer, folder, a.grid, a.n_vectors, a.n_cells, pur, dom, classes,
                                    dict(a.seconds)))
         return AtlasRunResult(str(view.path), out)
 

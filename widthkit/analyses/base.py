@@ -216,6 +216,14 @@ def analysis_tables() -> list[str]:
     return [get_analysis(n).table for n in list_analyses()]
 
 
+def check_recipe_tables(recipe: Recipe) -> None:
+    """Every analysis table of ``recipe`` names a registered analysis (or is ``[study]``)."""
+    known = analysis_tables() + ["study"]
+    for t in recipe.analysis:
+        if t not in known:
+            raise WidthkitError(f"recipe table [{t}]: {unknown('analysis table', t, known)}")
+
+
 def option_fields(options: type) -> list[tuple[str, Any, Any, str]]:
     """``[(name, type, default, help)]`` of an options dataclass, types resolved."""
     hints = typing.get_type_hints(options)

@@ -409,7 +409,7 @@ def ensemble_bias(run, **options) -> EnsembleBiasResult:
 def _point(run):
     from ..store import open_run
     run = open_run(run) if isinstance(run, (str, Path)) else run
-    return run.select(0) if len(run.points) == 1 else run
+    return run.select(0) if hasattr(run, "select") and len(run.points) == 1 else run
 
 
 def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits: int, over_training: bool,

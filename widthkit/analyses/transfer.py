@@ -225,7 +225,7 @@ def transfer(run, **options) -> TransferResult:
     """
     from ..store import open_run
     run = open_run(run) if isinstance(run, (str, Path)) else run
-    view = run.select(0) if len(run.points) == 1 else run
+    view = run.select(0) if hasattr(run, "select") and len(run.points) == 1 else run
     a = Transfer()
     return a.compute(Subject(view.recipe, view), a.options(view.recipe, **options))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analyses.base import Analysis, Subject, option_fields
+from ..analyses.base import Analysis, Subject, check_recipe_tables, option_fields
 from ._flags import add_option_flags, given_options
 
 
@@ -33,6 +33,7 @@ def _subjects(a: Analysis, args) -> list[Subject]:
     if a.needs == "recipe":
         from ..recipe import load_recipe
         r = load_recipe(args.recipe, args.overrides)
+        check_recipe_tables(r)
         return [Subject(r, None, Path(args.out) if args.out else Path("runs") / r.name / a.folder)]
     from ..errors import WidthkitError
     from ..store import open_run, point_folder

@@ -29,7 +29,7 @@ from typing import Callable
 
 from .errors import WidthkitError, unknown
 from .progress import info, is_quiet, set_quiet, warn
-from .recipe import Recipe, apply_overrides, expand_grid, from_dict, section
+from .recipe import Recipe, as_recipe_dict, expand_grid, from_dict, section
 from .results import Result
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "cifar5m", "imagefolder")
@@ -336,10 +336,9 @@ def study(recipe, out, *, overrides: list[str] | None = None, resume: bool = Tru
 
 
 def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> StudyResult:
-    from .ladder import load_recipe_task, raw_recipe, train_ladder
+    from .ladder import load_recipe_task, train_ladder
     from .report import analysis_root, run_warnings, write_report
-    _, raw = raw_recipe(recipe)
-    raw = apply_overrides(raw, overrides)
+    _, raw = as_recipe_dict(recipe, overrides)
     points = [(key, from_dict(praw)) for key, praw in expand_grid(raw)]
     plans = []
     for key, rp in points:  # validate [study] and the analysis tables before the (long) training

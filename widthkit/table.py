@@ -5,6 +5,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .build import count_params
 from .store import Run
 
 _out = Console()
@@ -53,7 +54,6 @@ def pm(values) -> str:
 
 def ladder_rows(run: Run) -> list[dict]:
     """One summary row per finished width: params, final test loss and accuracy over seeds."""
-    from .ladder import count_params
     rows = []
     for w in run.widths:
         m = run.metrics(w)

@@ -384,7 +384,7 @@ def test_gpu_share_rule_and_job_size():
     raw = tomllib.loads(RECIPE.format(**SMALL))
     _, jobs = ladder.plan_jobs(raw, Path("unused"))
     model = create_model("mlp", width=32, in_shape=(64,), num_classes=10, depth=2)
-    assert ladder.job_params(jobs[-1]) == 2 * sum(p.numel() for p in model.parameters())  # 2 seeds, meta device
+    assert jobs[-1].params == 2 * sum(p.numel() for p in model.parameters())  # 2 seeds, meta device
 
     def asked(device, cluster_gpus, **options):
         raw["train"]["device"] = device

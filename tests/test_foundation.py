@@ -8,13 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
+from widthkit import store
+from widthkit.build import build_member, load_recipe_task
 from widthkit.cli import main
 from widthkit.engine import Ensemble
-from widthkit.ladder import build_member, load_recipe_task, train_ladder
+from widthkit.ladder import train_ladder
 from widthkit.recipe import parse_recipe
 from widthkit.store import open_run
 
@@ -165,3 +168,32 @@ def test_sigkill_then_resume_keeps_finished_widths(tmp_path):
     run = open_run(out)
     assert run.widths == [8, 16, 32] and first.stat().st_mtime_ns == mtime
     assert not (out / "ckpt").exists()
+
+
+def test_point_view_reads_each_shard_once_and_notices_a_replaced_shard(tmp_path, monkeypatch):
+    """A view validates a width's shards once and caches its arrays (read-only); a shard replaced on
+    disk afterwards (a --resume recomputing it) is read again, never served stale."""
+    path = tmp_path / "r.toml"
+    path.write_text(tiny(steps=20))
+    run = train_ladder(path, tmp_path / "run", seeds_per_job=2)  # two shards per width
+    view = run.select(0)
+    assert isinstance(run, store.Run) and isinstance(view, store.RunPoint) and run.select("") is view
+    opened = []
+    real = store._open_shard
+    monkeypatch.setattr(store, "_open_shard", lambda p, fp=None: opened.append(p) or real(p, fp))
+    first = view.logits(16)
+    for _ in range(3):
+        view.metrics(16), view.logits(16, step=0), view.all_logits(16), view.diverged(16), view.strategy(16)
+    assert len(opened) == 2 and first.shape == (3, len(view.task().x_test), 10)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0, 0] = 1.0
+    shard = run.path / run.index["jobs"]["p00-w00016-s0-1"]["shard"]
+    tmp = shard.with_suffix(".new")
+    tmp.write_bytes(shard.read_bytes())
+    with h5py.File(tmp, "r+") as f:
+        f["logits/values"][...] = 0.0
+    os.replace(tmp, shard)  # as a writer does: a new file renamed over the old one
+    np.testing.assert_array_equal(view.logits(16)[:2], 0.0)
+    np.testing.assert_array_equal(view.logits(16)[2], first[2])
+    assert len(opened) == 4
+    assert run.metrics(16)["test_loss"].shape == (3, 2) and run.widths == [8, 16]  # one point: the run answers

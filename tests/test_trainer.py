@@ -35,8 +35,8 @@ def test_memory_budget_caps_the_group_size():
     """Activation memory is counted from autograd's saved tensors: linear in the member count once
     vmap's batched layout is in play, and ``train.memory_budget_mb`` caps the auto strategy's group
     at budget // (MB per member)."""
+    from widthkit.build import build_member
     from widthkit.engine import Ensemble
-    from widthkit.ladder import build_member
     from widthkit.trainer import activation_bytes, train_members
     r = from_dict({"model": {"family": "cnn", "widths": [8], "depth": 5}, "data": {"task": "digits"},
                    "train": {"steps": 2, "seeds": 4, "eval_every": 2}})

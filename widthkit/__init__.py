@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_recipe": "widthkit.recipe", "parse_recipe": "widthkit.recipe", "Recipe": "widthkit.recipe",
     "parameterize": "widthkit.param",
     "Ensemble": "widthkit.engine",
-    "train_ladder": "widthkit.ladder", "build_member": "widthkit.ladder",
+    "train_ladder": "widthkit.ladder", "build_member": "widthkit.build",
     "get_executor": "widthkit.executors", "LocalExecutor": "widthkit.executors", "RayExecutor": "widthkit.executors",
     "open_run": "widthkit.store", "Run": "widthkit.store",
     "coord_check": "widthkit.analysis.coord_check",

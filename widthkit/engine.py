@@ -11,6 +11,11 @@ matches members trained one by one with ``torch.optim`` up to float rounding.
 A member whose loss becomes NaN or inf is marked diverged at that step and its loss
 leaves the total; the others are untouched (their gradients never mix with it).  Divergence is
 tracked on the device, with no host synchronization inside the step loop.
+
+Dropout masks come from one random stream per member (a generator seeded from the
+member's ``noise_seeds`` entry and the step), drawn outside vmap and fed in like buffers,
+so a member's masks do not depend on which members it is trained with.  Any other random
+operation in the forward (e.g. stochastic depth) cannot be kept per member and raises.
 """
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .errors import WidthkitError
 from .recipe import OptimSpec
+from .seeds import derive_seed
 
 
 def member_losses(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -51,17 +58,72 @@ def lr_at(step: int, spec: OptimSpec, total: int) -> float:
     return spec.lr * max(1.0 - t, 0.0)
 
 
+_DROPOUTS = {nn.Dropout: False, nn.Dropout1d: True, nn.Dropout2d: True, nn.Dropout3d: True}  # -> per channel
+
+
+class MemberDropout(nn.Module):
+    """Dropout with given masks: stands in for ``nn.Dropout``/``DropoutNd`` in the ensemble's vmapped forward.
+
+    ``mask`` (one flat tensor per member, fed through vmap like a buffer) holds the member's
+    already scaled keep-masks for every call of this module in one forward, in call order;
+    with no ``mask`` a training forward only records the sizes it needs (``sizes``).
+    """
+
+    def __init__(self, p: float, channelwise: bool):
+        super().__init__()
+        self.p, self.channelwise = float(p), channelwise
+        self.register_buffer("mask", None, persistent=False)
+        self.sizes: list[int] = []
+        self.offset = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = (*x.shape[:2], *[1] * (x.dim() - 2)) if self.channelwise else x.shape
+        n = math.prod(shape)
+        if self.mask is None:
+            self.sizes.append(n)
+            return x
+        m = self.mask[self.offset:self.offset + n].reshape(shape)
+        self.offset += n
+        return x * m.to(x.dtype)
+
+
+def _member_dropouts(template: nn.Module) -> tuple[nn.Module, dict[str, MemberDropout]]:
+    """A copy of ``template`` whose dropout modules are :class:`MemberDropout`, and those by name."""
+    names = [n for n, m in template.named_modules() if type(m) in _DROPOUTS and m.p > 0]
+    if not names:
+        return template, {}
+    net = copy.deepcopy(template)
+    found = {}
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        old = net.get_submodule(name)
+        found[name] = MemberDropout(old.p, _DROPOUTS[type(old)])
+        setattr(net.get_submodule(parent) if parent else net, leaf, found[name])
+    return net, found
+
+
 class Ensemble:
     """E members of one architecture, stacked, with a functional optimizer.
 
     ``members`` are initialized ``nn.Module`` s of identical architecture; ``lr_scales``
-    maps parameter names to per-parameter learning-rate multipliers.
+    maps parameter names to per-parameter learning-rate multipliers.  ``noise_seeds``
+    (default ``0..E-1``) name each member's random stream: its dropout masks at step t
+    are drawn from a generator seeded with ``derive_seed(noise_seeds[i], t)``.
     """
 
     def __init__(self, members: list[nn.Module], lr_scales: dict[str, float], optim: OptimSpec,
-                 loss: str, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None):
+                 loss: str, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                 noise_seeds: list[int] | None = None):
         self.device = torch.device(device)
         self.template = copy.deepcopy(members[0]).to("meta")
+        self._net, self._dropouts = _member_dropouts(self.template)
+        self.noise_seeds = list(range(len(members))) if noise_seeds is None else list(noise_seeds)
+        if len(self.noise_seeds) != len(members):
+            raise ValueError(f"noise_seeds has {len(self.noise_seeds)} entries for {len(members)} members")
+        self._generators = [torch.Generator(self.device) for _ in members] if self._dropouts else []
+        self._mask_sizes: dict[tuple, list[list[int]]] = {}
         params, buffers = stack_module_state([m.to(self.device) for m in members])
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = {k: v.detach() for k, v in buffers.items()}
@@ -81,20 +143,52 @@ class Ensemble:
         elif optim.name in ("adam", "adamw"):
             self.state["exp_avg"], self.state["exp_avg_sq"] = zeros(), zeros()
         self._plan = _sequential_plan(self.template) if not self.buffers else None
-        self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="different")
+        self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="error")
 
     # -------------------------------------------------------------- forward
     def _forward_one(self, params, buffers, x):
-        return functional_call(self.template, (params, buffers), (x,))
+        return functional_call(self._net, (params, buffers), (x,))
 
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
         """Outputs [E, B, K] for per-member inputs x [E, B, ...]."""
-        self.template.train(train)
+        self._net.train(train)
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
             if self._plan is not None:
                 return _run_plan(self._plan, self.params, x)
-            return self._vforward(self.params, self.buffers, x)
+            buffers = {**self.buffers, **self._masks(x)} if train and self._dropouts else self.buffers
+            for m in self._dropouts.values():
+                m.offset = 0
+            try:
+                return self._vforward(self.params, buffers, x)
+            except RuntimeError as e:
+                if "randomness" not in str(e):
+                    raise
+                raise WidthkitError(f"{type(self.template).__name__} draws random numbers outside nn.Dropout "
+                                    "modules (e.g. stochastic depth or fused attention dropout), which ensemble "
+                                    "members cannot keep to themselves; set those rates to 0 or use nn.Dropout") \
+                    from None
+
+    def _masks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every dropout module's scaled keep-masks for this step, [E, n], from each member's own stream."""
+        key = tuple(x.shape[1:])
+        if key not in self._mask_sizes:  # one member's forward (on copies of its buffers) tells the sizes
+            for m in self._dropouts.values():
+                m.sizes = []
+            with torch.no_grad():
+                functional_call(self._net, ({k: v[0] for k, v in self.params.items()},
+                                            {k: v[0].clone() for k, v in self.buffers.items()}), (x[0],))
+            self._mask_sizes[key] = [m.sizes for m in self._dropouts.values()]
+        sizes = self._mask_sizes[key]
+        total = sum(sum(s) for s in sizes)
+        draws = torch.stack([torch.rand(total, device=self.device, generator=g.manual_seed(derive_seed(seed, self.t)))
+                             for g, seed in zip(self._generators, self.noise_seeds)])
+        out, start = {}, 0
+        for (name, m), n in zip(self._dropouts.items(), sizes):
+            u = draws[:, start:start + sum(n)]
+            start += sum(n)
+            out[f"{name}.mask"] = (u >= m.p).float() / (1.0 - m.p) if m.p < 1 else torch.zeros_like(u)
+        return out
 
     def member_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Member ``i`` alone, in eval mode, through the plain module code path.

@@ -164,14 +164,13 @@ class RayExecutor:
 
     def _resources(self, jobs: list, cluster_gpus: float) -> list[tuple[object, float]]:
         """(job, GPUs) per job: the rule of :func:`gpu_share` unless ``num_gpus`` is given."""
-        from .ladder import job_params
         out = []
         for job in jobs:
             device = str(job.recipe.get("train", {}).get("device", "auto"))
             wants = device.startswith("cuda") or (device == "auto" and (cluster_gpus > 0 or self.num_gpus))
             gpus = 0.0
             if wants:
-                gpus = self.num_gpus if self.num_gpus is not None else gpu_share(job_params(job))
+                gpus = self.num_gpus if self.num_gpus is not None else gpu_share(job.params)
             if gpus and device.startswith("cuda:"):  # Ray shows the worker only its own GPU(s)
                 train = {**job.recipe["train"], "device": "cuda"}
                 job = dataclasses.replace(job, recipe={**job.recipe, "train": train})

@@ -10,85 +10,31 @@ one :class:`WidthkitError` naming every failed job.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
-from .data import Task, load_task
+from .build import build_member, count_params, load_recipe_task, member_params
 from .errors import WidthkitError
-from .models import create_model
-from .param import ParamTable, mup_architecture, parameterize
+from .executors import get_executor
 from .progress import info, warn
-from .recipe import Recipe, apply_overrides, expand_grid, from_dict, read_recipe_file
+from .recipe import as_recipe_dict, expand_grid, from_dict
 from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
                     shard_ok, versions, write_index, write_shard)
-from .trainer import derive_seed, train_members
-
-
-# ------------------------------------------------------------ model building
-def load_recipe_task(recipe: Recipe) -> Task:
-    """The task a recipe trains on."""
-    return load_task(recipe.data.task, root=recipe.data.root, online=recipe.data.online, **recipe.data.options)
-
-
-def _model_kwargs(recipe: Recipe, task: Task) -> dict:
-    return dict(in_shape=tuple(task.in_shape), num_classes=task.num_classes, **recipe.model.kwargs)
-
-
-def build_architecture(recipe: Recipe, width: int, task: Task) -> nn.Module:
-    """The recipe's model at ``width`` with its parameterization's architecture changes
-    (muP's 1/d attention) but default weights: the shell that stored weights load into."""
-    model = create_model(recipe.model.family, width=width, **_model_kwargs(recipe, task))
-    return mup_architecture(model) if recipe.param.kind == "mup" else model
-
-
-@lru_cache(maxsize=8)
-def _shape_models(family: str, kwargs_json: str, base_width: int) -> tuple[nn.Module, nn.Module]:
-    """The architecture at the base width and at twice it, on the meta device (for muP)."""
-    kw = json.loads(kwargs_json)
-    kw["in_shape"] = tuple(kw["in_shape"])
-    with torch.device("meta"):
-        return (create_model(family, width=base_width, **kw), create_model(family, width=2 * base_width, **kw))
-
-
-def build_member(recipe: Recipe, width: int, seed: int, task: Task) -> tuple[nn.Module, ParamTable]:
-    """One initialized member: the model at ``width`` for member ``seed``, and its param table.
-
-    The init depends only on (recipe seed, member seed, width), so a member is the same
-    whether it is trained alone, in a chunk or in the full ensemble.
-    """
-    kw = _model_kwargs(recipe, task)
-    init_seed = derive_seed(recipe.seed, seed, "init", width)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        model = create_model(recipe.model.family, width=width, **kw)
-    base = delta = None
-    if recipe.param.kind == "mup":
-        base, delta = _shape_models(recipe.model.family, json.dumps(kw, sort_keys=True), recipe.base_width)
-    table = parameterize(model, kind=recipe.param.kind, width=width, base_width=recipe.base_width,
-                         base_model=base, delta_model=delta, optimizer=recipe.optim.name, gain=recipe.param.gain,
-                         activation=kw.get("activation"), output_mult=recipe.param.output_mult,
-                         readout_zero=recipe.param.readout_zero,
-                         generator=torch.Generator().manual_seed(init_seed))
-    return model, table
-
-
-def count_params(table: dict | ParamTable) -> int:
-    rules = table["rules"] if isinstance(table, dict) else [r.__dict__ for r in table.rules]
-    return int(sum(np.prod(r["shape"]) for r in rules))
+from .trainer import train_members
 
 
 # ---------------------------------------------------------------------- jobs
 @dataclass
 class Job:
-    """One unit of work: train ``seeds`` at ``width`` for grid point ``point``."""
+    """One unit of work: train ``seeds`` at ``width`` for grid point ``point``.
+
+    ``member_params`` (parameters of one member) travels with the job, so executors can
+    size it (:attr:`params`) without rebuilding its model.
+    """
 
     id: str
     point: int
@@ -97,7 +43,13 @@ class Job:
     width: int
     seeds: list[int]
     run_dir: str
+    member_params: int
     strategy: str | None = None
+
+    @property
+    def params(self) -> int:
+        """Parameters per member times members: the job's size (executors use it to share GPUs)."""
+        return self.member_params * len(self.seeds)
 
     @property
     def shard(self) -> Path:
@@ -106,15 +58,6 @@ class Job:
     @property
     def ckpt(self) -> Path:
         return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
-
-
-def job_params(job: Job) -> int:
-    """Parameters per member times members: a job's size (executors use it to share GPUs)."""
-    recipe = from_dict(job.recipe)
-    task = load_recipe_task(recipe)
-    with torch.device("meta"):
-        model = create_model(recipe.model.family, width=job.width, **_model_kwargs(recipe, task))
-    return sum(p.numel() for p in model.parameters()) * len(job.seeds)
 
 
 def checkpoint_progress(path: Path) -> dict | None:
@@ -166,27 +109,24 @@ def run_job(job: Job) -> dict:
 
 
 # -------------------------------------------------------------------- driver
-def raw_recipe(recipe) -> tuple[str, dict]:
-    """(TOML text or "", raw dict) of a recipe given as a TOML path, a raw dict or a :class:`Recipe`."""
-    if isinstance(recipe, Recipe):
-        return "", recipe.to_dict()
-    if isinstance(recipe, dict):
-        return "", recipe
-    return read_recipe_file(recipe)
-
-
 def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tuple[list[dict], list[Job]]:
-    """Expand sweeps and widths into jobs (narrow widths first)."""
+    """Expand sweeps and widths into jobs (narrow widths first).
+
+    Loads every grid point's task (for the jobs' sizes), so missing data fails here,
+    before anything is written.
+    """
     points, jobs = [], []
     for pi, (key, praw) in enumerate(expand_grid(raw)):
         r = from_dict(praw)
         points.append({"key": key, "recipe": r.to_dict(), "fingerprint": r.fingerprint()})
+        task = load_recipe_task(r)
         seeds = r.train.seeds
         k = seeds_per_job or len(seeds)
         for w in sorted(r.model.widths):
+            size = member_params(r, w, task)
             for i in range(0, len(seeds), k):
                 group = seeds[i:i + k]
-                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir)))
+                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size))
     jobs.sort(key=lambda j: (j.width, j.point, j.seeds[0]))
     return points, jobs
 
@@ -195,21 +135,18 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
                  executor=None, strategy: str | None = None, seeds_per_job: int | None = None) -> Run:
     """Train every width (and grid point) of ``recipe`` into the run directory ``out``.
 
-    ``recipe`` is a TOML path, a raw dict or a :class:`Recipe`.  ``executor`` is
+    ``recipe`` is anything :func:`widthkit.recipe.as_recipe_dict` accepts (a :class:`Recipe`,
+    a raw dict, TOML text or a path).  ``executor`` is
     ``"local"`` (default), ``"ray"`` or an executor object (see :mod:`widthkit.executors`).
     Returns the :class:`Run`; if jobs failed, the others are kept and a one-line
     :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
     """
-    from .executors import get_executor
-    text, raw = raw_recipe(recipe)
-    raw = apply_overrides(raw, overrides)
+    text, raw = as_recipe_dict(recipe, overrides)
     out = Path(out)
     points, jobs = plan_jobs(raw, out, seeds_per_job)
     if strategy:
         for j in jobs:
             j.strategy = strategy
-    for p in points:  # fail on missing data before anything is written
-        load_recipe_task(from_dict(p["recipe"]))
     index_path = out / "index.json"
     if index_path.exists() and not resume:
         raise WidthkitError(f"run directory '{out}' already holds a run; add --resume to continue it, "

@@ -352,24 +352,49 @@ def read_recipe_file(path: str | Path) -> tuple[str, dict]:
         raise WidthkitError(f"recipe file '{path}' is not valid TOML: {e}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load one recipe (no sweeps) from a TOML file, with ``--set`` overrides."""
-    _, raw = read_recipe_file(path)
-    raw = apply_overrides(raw, overrides)
+def as_recipe_dict(recipe, overrides: list[str] | None = None) -> tuple[str, dict]:
+    """(TOML text or "", raw dict with ``overrides`` applied) of anything recipe-like.
+
+    ``recipe`` is a :class:`Recipe`, a raw dict (TOML layout), TOML text (a string with a
+    newline or ``=``, or blank) or a recipe file path.  Sweeps stay unexpanded
+    (see :func:`expand_grid`); the text is kept so a run can store the recipe as written.
+    """
+    if isinstance(recipe, Recipe):
+        text, raw = "", recipe.to_dict()
+    elif isinstance(recipe, dict):
+        text, raw = "", recipe
+    elif isinstance(recipe, str) and ("\n" in recipe or "=" in recipe or not recipe.strip()):
+        try:
+            text, raw = recipe, tomllib.loads(recipe)
+        except tomllib.TOMLDecodeError as e:
+            raise WidthkitError(f"recipe is not valid TOML: {e}") from None
+    elif isinstance(recipe, (str, Path)):
+        text, raw = read_recipe_file(recipe)
+    else:
+        raise WidthkitError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
+    return text, apply_overrides(raw, overrides)
+
+
+def resolve_recipe(recipe, overrides: list[str] | None = None) -> Recipe:
+    """The one :class:`Recipe` (no sweeps) of anything :func:`as_recipe_dict` accepts, with ``overrides``."""
+    if isinstance(recipe, Recipe) and not overrides:
+        return recipe
+    _, raw = as_recipe_dict(recipe, overrides)
     points = expand_grid(raw)
     if len(points) > 1:
-        raise WidthkitError(f"recipe '{path}' sweeps {len(points)} grid points; this command takes one. "
-                            "Fix the swept field with --set (e.g. --set optim.lr=0.1)")
+        raise WidthkitError(f"recipe '{raw.get('name', 'ladder')}' sweeps {len(points)} grid points; this takes "
+                            "one: fix the swept field, e.g. overrides=['optim.lr=0.1']")
     return from_dict(points[0][1])
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load one recipe (no sweeps) from a TOML file, with ``--set`` overrides."""
+    return resolve_recipe(Path(path), overrides)
 
 
 def parse_recipe(text: str, overrides: list[str] | None = None) -> Recipe:
     """Like :func:`load_recipe` for TOML text."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise WidthkitError(f"recipe is not valid TOML: {e}") from None
-    return from_dict(apply_overrides(raw, overrides))
+    return resolve_recipe(text, overrides)
 
 
 T = typing.TypeVar("T")

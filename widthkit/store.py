@@ -22,8 +22,9 @@ Shard layout (HDF5)::
     members/{seed, diverged, diverged_step} [E]
     state/<param or buffer name> [E, ...]        final weights (a state_dict, stacked)
 
-``open_run(path)`` returns a :class:`Run`; a foreign or corrupt file raises a
-one-line :class:`WidthkitError` that names it and the fix.
+``open_run(path)`` returns a :class:`Run` (the directory); ``run.select(point)`` a
+:class:`RunPoint` (one grid point, what analyses read).  A foreign or corrupt file raises
+a one-line :class:`WidthkitError` that names it and the fix.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, atomic_write_text
-from .errors import WidthkitError
+from .build import build_architecture, load_recipe_task
+from .data import Task
+from .errors import WidthkitError, unknown
+from .progress import warn
 from .recipe import Recipe, from_dict
 
 FORMAT = "widthkit-run"
@@ -175,69 +179,101 @@ def write_index(run_dir: Path, index: dict) -> None:
     atomic_write_text(Path(run_dir) / "index.json", json.dumps(index, indent=1))
 
 
-# ---------------------------------------------------------------------- Run
-@dataclass
+# ------------------------------------------------------------------- views
+@dataclass(frozen=True)
 class _Job:
     id: str
-    point: int
     width: int
     seeds: list[int]
     shard: Path
     done: bool
 
 
-class Run:
-    """A trained width ladder (read-only view of a run directory).
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime_ns) of a file, or -1s if it is gone: tells a shard replaced on disk."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return -1, -1, -1
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
-    For a recipe with sweeps, ``run.points`` lists the grid points and
-    ``run.select(i_or_key)`` gives the view of one; a single-point run is its own view.
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False  # cached and shared between calls: a caller must copy to modify
+    return a
+
+
+@dataclass
+class _Width:
+    """One width's shards (seed order), validated once: small arrays read at once, outputs on first use."""
+
+    shards: list[Path]
+    stamps: list[tuple[int, int, int]]
+    metrics: dict[str, np.ndarray]
+    logit_steps: np.ndarray
+    diverged: np.ndarray
+    targets: np.ndarray
+    strategy: str                   # JSON of the first shard
+    param_table: str                # JSON of the first shard
+    logits: np.ndarray | None = None  # [E, S, N, K]
+
+
+def _read_width(shards: list[Path], stamps: list[tuple[int, int, int]], fingerprint: str) -> _Width:
+    parts = []
+    for path in shards:
+        with _open_shard(path, fingerprint) as f:
+            parts.append(({k: f["metrics"][k][()] for k in f["metrics"]}, f["logits/step"][()],
+                          f["members/diverged"][()], f["targets"][()], f.attrs["strategy"], f.attrs["param_table"]))
+    m0, steps, _, targets, strategy, table = parts[0]
+    metrics = {k: _frozen(m0[k]) for k in ("step", "lr")}
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        metrics[k] = _frozen(np.concatenate([p[0][k] for p in parts]))
+    return _Width(shards, stamps, metrics, _frozen(steps), _frozen(np.concatenate([p[2] for p in parts])),
+                  _frozen(targets), str(strategy), str(table))
+
+
+class RunPoint:
+    """One grid point of a run: its recipe, widths and stored results (what analyses receive).
+
+    A width's shards are validated once and its arrays cached (returned read-only: copy to
+    modify); a shard replaced on disk since (another inode, size or mtime) is read again.
     """
 
-    def __init__(self, path: str | Path, point: int | None = None):
-        self.path = Path(path)
-        self.index = read_index(self.path)
+    def __init__(self, run: "Run", point: int):
+        self._run = run
         self._point = point
-        if point is None and len(self.index["points"]) == 1:
-            self._point = 0
+        self._entry = run.index["points"][point]
+        self._cache: dict[int, _Width] = {}
 
-    # --------------------------------------------------------------- grid
+    # ------------------------------------------------------------ the run
+    @property
+    def path(self) -> Path:
+        return self._run.path
+
+    @property
+    def index(self) -> dict:
+        return self._run.index
+
     @property
     def points(self) -> list[str]:
-        return [p["key"] for p in self.index["points"]]
+        return self._run.points
 
-    def select(self, point: int | str) -> "Run":
-        keys = self.points
-        if isinstance(point, str):
-            if point not in keys:
-                from .errors import unknown
-                raise unknown("grid point", point, keys)
-            point = keys.index(point)
-        if not 0 <= point < len(keys):
-            raise WidthkitError(f"grid point {point} out of range; this run has {len(keys)} points")
-        return Run(self.path, point)
+    @property
+    def versions(self) -> dict:
+        return self._run.versions
 
-    def _pt(self) -> int:
-        if self._point is None:
-            raise WidthkitError(f"run '{self.path}' has {len(self.points)} grid points; choose one with "
-                                f"run.select(...) or --point (points: {', '.join(self.points)})")
-        return self._point
+    @property
+    def recipe_text(self) -> str:
+        return self._run.recipe_text
 
     # ------------------------------------------------------------- recipe
     @cached_property
     def recipe(self) -> Recipe:
-        return from_dict(self.index["points"][self._pt()]["recipe"])
-
-    @property
-    def recipe_text(self) -> str:
-        return self.index["recipe_toml"]
+        return from_dict(self._entry["recipe"])
 
     @property
     def point_key(self) -> str:
-        return self.index["points"][self._pt()]["key"]
-
-    @property
-    def versions(self) -> dict:
-        return self.index["versions"]
+        return self._entry["key"]
 
     @property
     def loss_name(self) -> str:
@@ -245,18 +281,18 @@ class Run:
 
     @property
     def cache_dir(self) -> Path:
-        d = self.path / "cache" / f"p{self._pt():02d}"
+        d = self.path / "cache" / f"p{self._point:02d}"
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     # --------------------------------------------------------------- jobs
+    @cached_property
     def _jobs(self) -> list[_Job]:
-        p = self._pt()
-        return [_Job(k, j["point"], j["width"], j["seeds"], self.path / j["shard"], j["status"] == "done")
-                for k, j in self.index["jobs"].items() if j["point"] == p]
+        return [_Job(k, j["width"], j["seeds"], self.path / j["shard"], j["status"] == "done")
+                for k, j in self.index["jobs"].items() if j["point"] == self._point]
 
     def _width_jobs(self, width: int) -> list[_Job]:
-        jobs = sorted((j for j in self._jobs() if j.width == width), key=lambda j: j.seeds[0])
+        jobs = sorted((j for j in self._jobs if j.width == width), key=lambda j: j.seeds[0])
         if not jobs:
             raise WidthkitError(f"width {width} is not in run '{self.path}'; widths: {self.all_widths}")
         if not all(j.done for j in jobs):
@@ -264,15 +300,24 @@ class Run:
                                 "finish it with `widthkit train RECIPE --out RUN --resume`")
         return jobs
 
+    def _width(self, width: int) -> _Width:
+        """The cached shards of ``width``, read again if a shard changed on disk."""
+        shards = [j.shard for j in self._width_jobs(width)]
+        stamps = [_stamp(p) for p in shards]
+        cached = self._cache.get(width)
+        if cached is None or cached.stamps != stamps:
+            cached = self._cache[width] = _read_width(shards, stamps, self._entry["fingerprint"])
+        return cached
+
     @property
     def all_widths(self) -> list[int]:
-        return sorted({j.width for j in self._jobs()})
+        return sorted({j.width for j in self._jobs})
 
     @property
     def widths(self) -> list[int]:
         """Widths whose every job is finished."""
         by = {}
-        for j in self._jobs():
+        for j in self._jobs:
             by.setdefault(j.width, []).append(j.done)
         return sorted(w for w, d in by.items() if all(d))
 
@@ -284,24 +329,13 @@ class Run:
     def seeds(self) -> list[int]:
         return list(self.recipe.train.seeds)
 
-    def _read(self, width: int, fn):
-        parts = []
-        for j in self._width_jobs(width):
-            with _open_shard(j.shard, self.index["points"][self._pt()]["fingerprint"]) as f:
-                parts.append(fn(f))
-        return parts
-
     # ------------------------------------------------------------ results
     def metrics(self, width: int) -> dict[str, np.ndarray]:
         """``step`` [T], ``lr`` [T] and ``train_loss``/``train_acc``/``test_loss``/``test_acc`` [E, T]."""
-        parts = self._read(width, lambda f: {k: f["metrics"][k][()] for k in f["metrics"]})
-        out = {k: parts[0][k] for k in ("step", "lr")}
-        for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            out[k] = np.concatenate([p[k] for p in parts])
-        return out
+        return dict(self._width(width).metrics)
 
     def logit_steps(self, width: int) -> np.ndarray:
-        return self._read(width, lambda f: f["logits/step"][()])[0]
+        return self._width(width).logit_steps
 
     def logits(self, width: int, step: int | None = None) -> np.ndarray:
         """Test outputs [E, N, K] at eval ``step`` (default: the final step)."""
@@ -313,58 +347,121 @@ class Run:
             if not len(hits):
                 raise WidthkitError(f"no stored outputs at step {step}; stored steps: {steps.tolist()}")
             i = int(hits[0])
-        return np.concatenate(self._read(width, lambda f: f["logits/values"][:, i]))
+        return self.all_logits(width)[:, i]
 
     def all_logits(self, width: int) -> np.ndarray:
-        """Test outputs at every eval step, [E, S, N, K]."""
-        return np.concatenate(self._read(width, lambda f: f["logits/values"][()]))
+        """Test outputs at every eval step, [E, S, N, K] (read once per width, then cached)."""
+        d = self._width(width)
+        if d.logits is None:
+            parts = []
+            for path in d.shards:
+                with h5py.File(path, "r") as f:
+                    parts.append(f["logits/values"][()])
+            d.logits = _frozen(np.concatenate(parts))
+        return d.logits
 
     def diverged(self, width: int) -> np.ndarray:
-        return np.concatenate(self._read(width, lambda f: f["members/diverged"][()]))
+        return self._width(width).diverged
 
     def targets(self) -> np.ndarray:
-        return self._read(self.widths[0], lambda f: f["targets"][()])[0] if self.widths else \
-            self._no_widths()
-
-    def _no_widths(self):
-        raise WidthkitError(f"run '{self.path}' has no finished width yet; finish it with `widthkit train "
-                            "RECIPE --out RUN --resume`")
+        if not self.widths:
+            raise WidthkitError(f"run '{self.path}' has no finished width yet; finish it with `widthkit train "
+                                "RECIPE --out RUN --resume`")
+        return self._width(self.widths[0]).targets
 
     def strategy(self, width: int) -> dict:
-        return self._read(width, lambda f: json.loads(f.attrs["strategy"]))[0]
+        return json.loads(self._width(width).strategy)
 
     def param_table(self, width: int) -> dict:
-        return self._read(width, lambda f: json.loads(f.attrs["param_table"]))[0]
+        return json.loads(self._width(width).param_table)
 
-    def task(self):
-        """The task the ladder was trained on, rebuilt from the recipe."""
-        from .ladder import load_recipe_task
+    @cached_property
+    def _task(self) -> Task:
         return load_recipe_task(self.recipe)
 
+    def task(self) -> Task:
+        """The task the ladder was trained on, rebuilt from the recipe (once per view)."""
+        return self._task
+
     def member_state(self, width: int, seed: int) -> dict[str, torch.Tensor]:
-        for j in self._width_jobs(width):
+        d = self._width(width)
+        for j, path in zip(self._width_jobs(width), d.shards):
             if seed in j.seeds:
                 i = j.seeds.index(seed)
-                with _open_shard(j.shard) as f:
+                with h5py.File(path, "r") as f:
                     return {k: torch.from_numpy(np.asarray(f["state"][k][i])) for k in f["state"]}
         raise WidthkitError(f"seed {seed} is not in run '{self.path}'; seeds: {self.seeds}")
 
     def load_member(self, width: int, seed: int) -> nn.Module:
         """Member (width, seed) as a plain ``nn.Module`` in eval mode, on the CPU."""
-        from .ladder import build_architecture
         state = self.member_state(width, seed)
         model = build_architecture(self.recipe, width, self.task())
         model.load_state_dict(state)
         return model.eval()
 
     def __repr__(self) -> str:
-        pts = f", points={len(self.points)}" if len(self.points) > 1 else ""
-        return f"Run('{self.path}', widths={self.widths if self._point is not None else '?'}{pts})"
+        key = f", point={self.point_key!r}" if len(self.points) > 1 else ""
+        return f"RunPoint('{self.path}'{key}, widths={self.widths})"
+
+
+_POINT_API = frozenset(n for n in vars(RunPoint) if not n.startswith("_"))
+
+
+class Run:
+    """A trained width ladder: a run directory, its index and its grid points (read-only).
+
+    ``run.points`` lists the grid points and ``run.select(i_or_key)`` gives the
+    :class:`RunPoint` of one.  A single-point run also answers the point's interface
+    itself (``run.widths``, ``run.metrics(w)``, ``run.load_member(w, s)``, ...); a sweep
+    asks to select a point first.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.index = read_index(self.path)
+        self._views: dict[int, RunPoint] = {}
+
+    @property
+    def points(self) -> list[str]:
+        return [p["key"] for p in self.index["points"]]
+
+    @property
+    def versions(self) -> dict:
+        return self.index["versions"]
+
+    @property
+    def recipe_text(self) -> str:
+        return self.index["recipe_toml"]
+
+    def select(self, point: int | str) -> RunPoint:
+        """The view of grid point ``point`` (its index in :attr:`points`, or its key)."""
+        keys = self.points
+        if isinstance(point, str):
+            if point not in keys:
+                raise unknown("grid point", point, keys)
+            point = keys.index(point)
+        if not 0 <= point < len(keys):
+            raise WidthkitError(f"grid point {point} out of range; this run has {len(keys)} points")
+        if point not in self._views:
+            self._views[point] = RunPoint(self, point)
+        return self._views[point]
+
+    def __getattr__(self, name: str):
+        if name not in _POINT_API:
+            raise AttributeError(f"'Run' object has no attribute '{name}'")
+        if len(self.points) != 1:
+            raise WidthkitError(f"run '{self.path}' has {len(self.points)} grid points; choose one with "
+                                f"run.select(...) or --point (points: {', '.join(self.points)})")
+        return getattr(self.select(0), name)
+
+    def __repr__(self) -> str:
+        if len(self.points) == 1:
+            return f"Run('{self.path}', widths={self.select(0).widths})"
+        return f"Run('{self.path}', points={len(self.points)})"
 
 
 def analysable_widths(run) -> list[int]:
     """A run's finished widths, for an analysis: warns naming unfinished ones, fails if none is finished."""
-    from .progress import warn
     unfinished = sorted(int(w) for w in (run.unfinished or []))
     if unfinished:
         warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
@@ -376,3 +473,10 @@ def analysable_widths(run) -> list[int]:
 def open_run(path: str | Path) -> Run:
     """Open a run directory written by ``widthkit train``."""
     return Run(path)
+
+
+def point_folder(view) -> Path:
+    """Where the analyses of one grid point live: the run directory, or ``RUN/points/pNN`` in a sweep."""
+    if len(view.points) <= 1:
+        return Path(view.path)
+    return Path(view.path) / "points" / f"p{view.points.index(view.point_key):02d}"

@@ -24,7 +24,7 @@ from .analyses.base import Subject, check_recipe_tables, get_analysis, list_anal
 from .errors import WidthkitError, unknown
 from .ladder import train_ladder
 from .progress import info, quiet as quiet_mode, warn
-from .recipe import Recipe, apply_overrides, expand_grid, from_dict, raw_recipe, section
+from .recipe import Recipe, as_recipe_dict, expand_grid, from_dict, section
 from .report import run_warnings, write_report
 from .results import Result, ResultFileError
 from .store import point_folder
@@ -178,8 +178,7 @@ def study(recipe, out, *, overrides: list[str] | None = None, resume: bool = Tru
 
 
 def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> StudyResult:
-    _, raw = raw_recipe(recipe)
-    raw = apply_overrides(raw, overrides)
+    _, raw = as_recipe_dict(recipe, overrides)
     points = [(key, from_dict(praw)) for key, praw in expand_grid(raw)]
     plans = [plan(rp) for _, rp in points]  # validate [study] and the analysis tables before the (long) training
     r0 = points[0][1]

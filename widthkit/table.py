@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from . import fmt
-from .ladder import count_params  # MERGE: .build
+from .build import count_params
 
 
 def console() -> Console:

@@ -6,12 +6,12 @@ evaluates every member on the test set on a step grid (keeping the test outputs
 for later point-wise analyses), and checkpoints so an interrupted job resumes from
 its last checkpoint rather than from step 0.
 
-Every source of randomness is a pure function of (recipe seed, member seed, step),
-so results do not depend on the grouping, and a resumed job continues exactly.
+Every source of randomness (init, batches, dropout masks) is a pure function of
+(recipe seed, member seed, step) through :func:`widthkit.seeds.derive_seed`, so results
+do not depend on the grouping, and a resumed job continues exactly.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,11 +27,7 @@ from .engine import Ensemble, lr_at, member_losses
 from .param import ParamTable
 from .progress import bar, info
 from .recipe import Recipe
-
-
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
-    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+from .seeds import derive_seed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -306,12 +302,12 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
                   autocast, total, evals, desc) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
-    has_dropout = any(isinstance(m, nn.Dropout) for m in make_members([0])[0].modules())
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
-            ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast)
+            ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
+                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds])
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0
@@ -345,8 +341,6 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})
-                if has_dropout:
-                    torch.manual_seed(derive_seed(recipe.seed, gseeds[0], "dropout", step))
                 x, y = batches(step)
                 losses, correct = ens.step(x, y, lr_at(step, recipe.optim, total))
                 loss_sum += losses

@@ -30,9 +30,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..dynamics import lr_phase
-    from ..dynamics.setup import resolve_recipe
     from ..plots.dynamics import plot_lr_phase
     from ..progress import info
+    from ..recipe import resolve_recipe
 
     r = resolve_recipe(args.recipe, args.overrides)
     res = lr_phase(r, widths=[int(w) for w in args.widths] if args.widths else None, lrs=args.lrs,

@@ -22,10 +22,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..dynamics import ntk_scaling
-    from ..dynamics.setup import resolve_recipe
     from ..errors import WidthkitError
     from ..plots.dynamics import plot_ntk_scaling
     from ..progress import info
+    from ..recipe import resolve_recipe
 
     r = resolve_recipe(args.recipe, args.overrides)
     widths = None

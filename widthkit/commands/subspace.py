@@ -26,9 +26,9 @@ def run(args) -> int:
     import json
 
     from ..dynamics import projected_sgd, track_subspace
-    from ..dynamics.setup import resolve_recipe
     from ..plots.dynamics import plot_projected, plot_subspace
     from ..progress import info
+    from ..recipe import resolve_recipe
 
     r = resolve_recipe(args.recipe, args.overrides)
     kw = dict(width=args.width, seed=args.seed, steps=args.steps, every=args.every, k=args.k)

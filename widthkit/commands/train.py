@@ -30,9 +30,8 @@ def add_arguments(p) -> None:
 
 
 def default_out(recipe_path: str, overrides) -> str:
-    from ..recipe import apply_overrides, read_recipe_file
-    _, raw = read_recipe_file(recipe_path)
-    return f"runs/{apply_overrides(raw, overrides).get('name', 'ladder')}"
+    from ..recipe import as_recipe_dict
+    return f"runs/{as_recipe_dict(recipe_path, overrides)[1].get('name', 'ladder')}"
 
 
 def run(args) -> int:

@@ -8,7 +8,8 @@ import torch
 from ..errors import WidthkitError
 from ..progress import bar
 from .catapult import LRPhaseResult, scan_lrs
-from .setup import call_factory, check_widths, member, options, resolve_recipe, subset
+from ..recipe import resolve_recipe
+from .setup import call_factory, check_widths, member, options, subset
 
 DEFAULT_STEPS = 200
 

@@ -170,7 +170,8 @@ def ntk_scaling(recipe, widths=None, params=None, *, steps: int | None = None, e
     from ..ladder import load_recipe_task
     from ..progress import bar
     from .ntk import ntk_top_eigenvalue
-    from .setup import check_widths, member, options, resolve_recipe, subset
+    from ..recipe import resolve_recipe
+    from .setup import check_widths, member, options, subset
     r = resolve_recipe(recipe, overrides)
     opt = options(r)
     task = load_recipe_task(r)

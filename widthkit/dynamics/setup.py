@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -37,20 +36,6 @@ class DynamicsOptions:
     k: int = 0
     hessian_batch: int = 512
     refresh: int = 10
-
-
-def resolve_recipe(recipe, overrides: list[str] | None = None):
-    """A Recipe from a Recipe, a path to a TOML file, or TOML text."""
-    from ..recipe import Recipe, load_recipe, parse_recipe
-    if isinstance(recipe, Recipe):
-        return recipe
-    if isinstance(recipe, (str, Path)) and Path(recipe).suffix == ".toml":
-        if not Path(recipe).exists():
-            raise WidthkitError(f"recipe file '{recipe}' does not exist; pass a path to a .toml recipe")
-        return load_recipe(recipe, overrides)
-    if isinstance(recipe, str):
-        return parse_recipe(recipe, overrides)
-    raise WidthkitError(f"expected a recipe (Recipe, .toml path or TOML text), got {type(recipe).__name__}")
 
 
 def options(recipe) -> DynamicsOptions:

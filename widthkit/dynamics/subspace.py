@@ -18,7 +18,8 @@ from ..errors import WidthkitError
 from ..progress import bar
 from ..results import Result
 from .hessian import gradient_overlap, hessian_top_eigs, subspace_stability
-from .setup import member, options, resolve_recipe, subset
+from ..recipe import resolve_recipe
+from .setup import member, options, subset
 from .train import GD, evaluate
 
 

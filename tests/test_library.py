@@ -15,8 +15,8 @@ import pytest
 import widthkit
 from widthkit import progress
 from widthkit.cli import _as_flags, main
-from widthkit.errors import (DataNotFoundError, OptionalDependencyError, RecipeError, RunStoreError,
-                             UnknownNameError, WidthkitError, WidthkitWarning, unknown)
+from widthkit.errors import (ClusterError, DataError, DataNotFoundError, JobsFailedError, OptionalDependencyError,
+                             RecipeError, RunStoreError, UnknownNameError, WidthkitError, WidthkitWarning, unknown)
 from widthkit.recipe import find_recipe, read_recipe_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,8 @@ SHIPPED = ROOT / "widthkit" / "recipes"
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("cls,builtin", [
     (RecipeError, ValueError), (UnknownNameError, KeyError), (UnknownNameError, ValueError),
-    (DataNotFoundError, FileNotFoundError), (RunStoreError, OSError), (OptionalDependencyError, ImportError),
+    (DataNotFoundError, FileNotFoundError), (DataError, ValueError), (RunStoreError, OSError),
+    (ClusterError, ConnectionError), (JobsFailedError, RuntimeError), (OptionalDependencyError, ImportError),
 ])
 def test_errors_are_caught_as_builtins_and_stay_one_line(cls, builtin):
     with pytest.raises(builtin) as e:

@@ -2,19 +2,20 @@
 
 A :class:`WidthkitError` is a mistake the user can fix (a recipe typo, a missing
 file, a wrong layer name).  Messages are one line that says what is wrong *and* how
-to fix it, naming Python parameters between backticks (`` `resume=True` ``); the CLI prints the message
-without a traceback, with those names turned into its flags (``--resume``), and exits 2.
+to fix it, naming Python parameters between backticks (`` `resume=True` ``).  The CLI prints
+the message without a traceback, with those names turned into its flags (``--resume``), and exits 2.
 
 Each subclass also derives from the builtin a Python caller would catch for that kind
 of problem, so ``except ValueError`` or ``except FileNotFoundError`` works as expected:
 
-=========================  ==========================================================
-``RecipeError``            ``ValueError``: a bad recipe, option or argument value
-``UnknownNameError``       ``KeyError`` and ``ValueError``: a name not in a registry
-``DataNotFoundError``      ``FileNotFoundError``: a data set or file that is not there
-``RunStoreError``          ``OSError``: a run directory, index or shard that cannot be used
-``OptionalDependencyError``  ``ImportError``: an extra that is not installed
-=========================  ==========================================================
+- ``RecipeError`` (``ValueError``): a bad recipe, option or argument value;
+- ``UnknownNameError`` (``KeyError`` and ``ValueError``): a name no registry or list holds;
+- ``DataNotFoundError`` (``FileNotFoundError``): a data set or input file that is not there;
+- ``DataError`` (``ValueError``): a data set that is there but unusable;
+- ``RunStoreError`` (``OSError``): a run directory, index or shard that cannot be used;
+- ``ClusterError`` (``ConnectionError``): a Ray cluster that cannot be reached;
+- ``JobsFailedError`` (``RuntimeError``): training jobs failed (the finished ones are kept);
+- ``OptionalDependencyError`` (``ImportError``): an optional extra that is not installed.
 
 Warnings (something the user should know, but work goes on) are :class:`WidthkitWarning`.
 """
@@ -43,8 +44,20 @@ class DataNotFoundError(WidthkitError, FileNotFoundError):
     """A data set, recipe or other input file is not where it was looked for."""
 
 
+class DataError(WidthkitError, ValueError):
+    """A data set is present but unusable: unreadable, wrongly shaped, or too small for the chosen classes."""
+
+
 class RunStoreError(WidthkitError, OSError):
     """A run directory, index or shard is missing, foreign or damaged."""
+
+
+class ClusterError(WidthkitError, ConnectionError):
+    """A Ray cluster cannot be reached or has no room for the jobs."""
+
+
+class JobsFailedError(WidthkitError, RuntimeError):
+    """Some training jobs failed; the finished ones are kept and a rerun with resume continues."""
 
 
 class OptionalDependencyError(WidthkitError, ImportError):

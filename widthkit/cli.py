@@ -9,15 +9,19 @@ and exit 2; Ctrl-C exits 130 after saying that finished work is kept.
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import importlib
 import pkgutil
+import re
+import shlex
 import sys
 
 from . import commands
 from .analyses import get_analysis, list_analyses
 from .commands import _analysis
 from .errors import WidthkitError
+from .progress import quiet, terminal
 
 
 def _modules():
@@ -59,20 +63,56 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from .progress import is_quiet, set_quiet
-    was_quiet = is_quiet()
-    set_quiet(getattr(args, "quiet", False) or getattr(args, "json", False))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    flags = {a.dest: a for p in (parser, sub) for a in p._actions if a.option_strings}
+    translate = functools.partial(_as_flags, flags=flags)
     try:
-        return int(args._run(args) or 0)
+        with quiet(getattr(args, "quiet", False) or getattr(args, "json", False)), terminal(translate):
+            return int(args._run(args) or 0)
     except WidthkitError as e:
-        print(f"widthkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"widthkit {args.command}: error: {translate(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"widthkit {args.command}: interrupted; finished work is saved. "
               "Rerun the same command with --resume to continue.", file=sys.stderr)
         return 130
-    finally:
-        set_quiet(was_quiet)  # main() may be called again in the same process (notebooks, tests)
+
+
+_API_NAME = re.compile(r"`([A-Za-z_]\w*)(?:=([^`]*))?`")
+
+
+def _as_flags(message: str, flags: dict[str, argparse.Action]) -> str:
+    """Turn the API names of a library message into this command's flags.
+
+    Library messages write parameters between backticks: `` `name` `` or `` `name=value` ``
+    (a Python literal).  When ``name`` is the ``dest`` of one of the command's options it
+    becomes the flag as typed on the command line: ``--flag``, ``--flag value``, one
+    ``--flag item`` per list item for repeatable flags, and ``resume=False`` becomes ``--no-resume``
+    where that is the flag.  Other backticked text (shell commands, unknown names) stays as it is.
+    """
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        action = flags.get(name)
+        if value in ("True", "False"):
+            negated = flags.get(f"no_{name}")
+            if value == "False" and isinstance(negated, argparse._StoreTrueAction):
+                return negated.option_strings[-1]
+            if value == "True" and isinstance(action, argparse._StoreTrueAction):
+                return action.option_strings[-1]
+            return m.group(0)
+        if action is None:
+            return m.group(0)
+        opt = action.option_strings[-1]
+        if value is None:
+            return opt
+        if isinstance(action, argparse._AppendAction) and value.startswith("["):
+            try:
+                items = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                return f"{opt} {value}"
+            return " ".join(f"{opt} {shlex.quote(str(v))}" for v in items)
+        return f"{opt} {value}"
+    return _API_NAME.sub(flag, message)
 
 
 if __name__ == "__main__":  # pragma: no cover

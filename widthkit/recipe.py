@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib.resources
 import itertools
 import json
 import tomllib
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import WidthkitError, did_you_mean
+from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
 
 
 @dataclass
@@ -339,17 +340,33 @@ def _list_kwarg(raw: dict, key: str) -> bool:
         return False
 
 
-def read_recipe_file(path: str | Path) -> tuple[str, dict]:
-    """Read a TOML recipe file; a missing file or bad TOML is one clear line."""
-    path = Path(path)
-    if not path.is_file():
-        raise WidthkitError(f"recipe file '{path}' not found; pass the path of a TOML recipe "
-                            "(see recipes/ for examples)")
+def find_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file meant by ``name_or_path``: an existing file, else a shipped recipe by name.
+
+    ``quickstart`` or ``quickstart.toml`` (a bare name, no folder) names the recipe shipped as
+    package data (``widthkit/recipes/quickstart.toml``), so it works from an installed wheel in any
+    directory; a file of that name in the current directory wins.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = Path(importlib.resources.files("widthkit").joinpath("recipes"))
+    names = sorted(p.stem for p in shipped.glob("*.toml"))
+    stem = path.name.removesuffix(".toml")
+    if path.name == str(name_or_path) and stem in names:
+        return shipped / f"{stem}.toml"
+    raise DataNotFoundError(f"recipe '{name_or_path}' not found{did_you_mean(stem, names)}; pass a TOML file "
+                            f"or the name of a shipped recipe: {', '.join(names)}")
+
+
+def read_recipe_file(name_or_path: str | Path) -> tuple[str, dict]:
+    """Read a TOML recipe (a path or a shipped name, see :func:`find_recipe`); a missing file or bad TOML is one line."""
+    path = find_recipe(name_or_path)
     text = path.read_text()
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise WidthkitError(f"recipe file '{path}' is not valid TOML: {e}") from None
+        raise RecipeError(f"recipe file '{path}' is not valid TOML: {e}") from None
 
 
 def as_recipe_dict(recipe, overrides: list[str] | None = None) -> tuple[str, dict]:

@@ -18,7 +18,7 @@ from atlases.hooks import PENULTIMATE, resolve_layer
 
 from .. import fmt
 from ..errors import WidthkitError
-from ..ladder import load_recipe_task
+from ..build import load_recipe_task
 from ..progress import info
 from ..results import Result
 from .base import Analysis, Block, Figure, Link, Subject, Table, opt, register_analysis

@@ -18,15 +18,9 @@ TASK_KEYS = ("name", "source", "target", "layer", "probe", "shots", "draws")
 
 
 def recipes_dir() -> Path:
-    """The folder of shipped recipes (inside the package when installed, else the repository's)."""
-    import widthkit
-    pkg = Path(widthkit.__file__).parent
-    for d in (pkg / "recipes", pkg.parent / "recipes"):
-        if (d / "transfer-builtin.toml").exists():
-            return d
-    from ..errors import WidthkitError
-    raise WidthkitError("the shipped transfer suites are missing (recipes/transfer-builtin.toml); "
-                        "reinstall widthkit or pass a suite TOML file")
+    """The folder of shipped recipes and suites (package data, so also in an installed wheel)."""
+    from ..recipe import find_recipe
+    return find_recipe("transfer-builtin").parent
 
 
 def load_suite(suite: str) -> list[dict]:

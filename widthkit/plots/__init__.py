@@ -1,38 +1,41 @@
-"""Shared plotting helpers (matplotlib, Agg backend): one style, atomic PNG saves."""
+"""Shared plotting helpers: one style, atomic PNG saves.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects drawn on their own Agg
+canvas, so plotting touches no pyplot state and never switches the caller's backend
+(a notebook keeps its inline backend; no figure is left open).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..atomic import atomic_path  # noqa: E402
+from ..atomic import atomic_path
 
 
 def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.2, 3.2), **kw):
-    """A new figure with ``nrows x ncols`` axes of ``size`` inches each."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
-                             squeeze=False, **kw)
-    return fig, axes
+    """A new figure with ``nrows x ncols`` axes of ``size`` inches each: ``(fig, axes[nrows][ncols])``."""
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
 def save(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
+    """Save ``fig`` as PNG atomically."""
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return path
 
 
 def width_colors(widths) -> dict:
     """A viridis colour per width, narrow = dark, wide = bright."""
     widths = list(widths)
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     n = max(len(widths) - 1, 1)
     return {w: cmap(i / n) for i, w in enumerate(widths)}
 

@@ -18,7 +18,7 @@ import traceback
 from typing import Callable
 
 from .errors import WidthkitError, unknown
-from .progress import info, is_quiet, set_quiet, warn
+from .progress import info, is_quiet, quiet as quiet_mode, warn
 
 RAY_INSTALL = "the ray executor needs Ray: pip install 'widthkit[ray]' (in a checkout: pip install -e '.[ray]')"
 
@@ -77,8 +77,8 @@ def _ray_job(fn: Callable, job, num_cpus: float, num_gpus: float, quiet: bool) -
     import ray
     import torch
     torch.set_num_threads(max(1, int(num_cpus)))
-    set_quiet(quiet)
-    record = fn(job)
+    with quiet_mode(quiet):
+        record = fn(job)
     record["ray"] = {"host": socket.gethostname(), "cpus": num_cpus, "gpus": num_gpus,
                      "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
     return record

@@ -23,7 +23,7 @@ from pathlib import Path
 from .analyses.base import Subject, check_recipe_tables, get_analysis, list_analyses, opt
 from .errors import WidthkitError, unknown
 from .ladder import train_ladder
-from .progress import info, quiet as quiet_mode, warn
+from .progress import info, is_quiet, quiet as quiet_mode, warn
 from .recipe import Recipe, as_recipe_dict, expand_grid, from_dict, section
 from .report import run_warnings, write_report
 from .results import Result, ResultFileError
@@ -94,9 +94,7 @@ def plan(rp: Recipe) -> list[tuple[str, str]]:
         elif not a.in_study and n not in o.run:
             why = "off by default (add it to [study] run)"
         else:
-            why = a.applies(Subject(rp))
-        if not why:
-            a.options(rp)
+            why = a.applies(Subject(rp), a.options(rp))
         out.append((n, why))
     return out
 
@@ -173,7 +171,7 @@ def study(recipe, out, *, overrides: list[str] | None = None, resume: bool = Tru
     progress bars, info lines or summary table (warnings still show).  ``redo``: recompute analyses even
     when their inputs are unchanged.
     """
-    with quiet_mode(quiet):
+    with quiet_mode(quiet or is_quiet()):
         return _study(recipe, Path(out), overrides, resume, executor, redo, quiet)
 
 

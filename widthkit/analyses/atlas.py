@@ -104,7 +104,7 @@ class Atlas(Analysis):
     Result = AtlasRunResult
     smoke = {"max_vectors": 200, "grid": 3, "min_count": 1, "size": 8, "steps": 2}
 
-    def applies(self, subject: Subject) -> str:
+    def applies(self, subject: Subject, o: AtlasOptions) -> str:
         task = load_recipe_task(subject.recipe)
         if task.name not in IMAGE_TASKS or task.kind != "classification":
             return f"task '{task.name}' is not an image classification task ({', '.join(IMAGE_TASKS)})"

@@ -83,8 +83,8 @@ class AtlasWidth(Analysis):
     smoke = {"max_vectors": 200, "grid": 3, "size": 8, "steps": 2, "k": 3}
     in_study = False    # one atlas per width: minutes; `[study] run = ["atlas-width"]` adds it
 
-    def applies(self, subject: Subject) -> str:
-        return Atlas().applies(subject)
+    def applies(self, subject: Subject, o: AtlasWidthOptions) -> str:
+        return Atlas().applies(subject, Atlas().options(subject.recipe))
 
     def compute(self, subject: Subject, o: AtlasWidthOptions) -> AtlasWidthResult:
         import atlases

@@ -129,8 +129,8 @@ class Analysis:
             recipe = Recipe()
         return section(recipe, self.table, self.Options, given)
 
-    def applies(self, subject: Subject) -> str:
-        """``""`` if the analysis applies to ``subject``, else why not (one line)."""
+    def applies(self, subject: Subject, options) -> str:
+        """``""`` if the analysis applies to ``subject`` with ``options``, else why not (one line)."""
         return ""
 
     def compute(self, subject: Subject, options) -> Result:
@@ -145,7 +145,7 @@ class Analysis:
 
     def run(self, subject: Subject, options) -> tuple[Result, list[Path]]:
         """compute, save ``<out>/<table>.json``, plot: the result and every file written."""
-        why = self.applies(subject)
+        why = self.applies(subject, options)
         if why:
             raise WidthkitError(f"{self.name} does not apply: {why}")
         res = self.compute(subject, options)

@@ -408,9 +408,8 @@ class Transfer(Analysis):
     Result = TransferResult
     smoke = {"target": "digits:5-9", "probe": "ridge", "n_info": 200}
 
-    def applies(self, subject: Subject) -> str:
-        o = self.options(subject.recipe)
-        return "" if o.target else "the recipe has no [transfer] target"
+    def applies(self, subject: Subject, o: TransferOptions) -> str:
+        return "" if o.target else "the recipe has no [transfer] target (or pass `target`)"
 
     def compute(self, subject: Subject, o: TransferOptions) -> TransferResult:
         return _transfer(subject.require_point(self.name), o)

@@ -102,18 +102,20 @@ def test_old_or_foreign_results_are_one_line_errors(tmp_path):
         a.load(tmp_path)
 
 
+@dataclasses.dataclass
+class Inner(Result):
+    x: float
+
+
+@dataclasses.dataclass
+class Outer(Result):
+    a: list[float]
+    by_width: dict[int, Inner]
+    maybe: typing.Optional[Inner] = None
+
+
 def test_results_rebuild_nested_typed_fields():
     """NaN survives as null, dict keys come back as ints, nested and optional dataclasses are rebuilt."""
-    @dataclasses.dataclass
-    class Inner(Result):
-        x: float
-
-    @dataclasses.dataclass
-    class Outer(Result):
-        a: list[float]
-        by_width: dict[int, Inner]
-        maybe: typing.Optional[Inner] = None
-
     o = Outer([1.0, float("nan")], {16: Inner(2.0)}, None)
     back = Outer.from_dict(json.loads(o.to_json()))
     assert back.by_width == {16: Inner(2.0)} and back.maybe is None and back.a[0] == 1.0 and back.a[1] != back.a[1]

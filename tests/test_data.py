@@ -16,8 +16,8 @@ from widthkit.errors import WidthkitError
 def _fresh_cache():
     yield
     # file-based tasks use per-test tmp dirs; drop them so memory stays small
-    data._load_cached.cache_clear()
-    data._cifar_raw.cache_clear()
+    data.loader._load_cached.cache_clear()
+    data.cifar._cifar_raw.cache_clear()
 
 
 def _unstandardize(x: torch.Tensor, ref: np.ndarray, scale: float) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_mnist1d_generation_matches_package_and_keeps_global_rng():
     args.num_samples = 60
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
-    mine = data._mnist1d_fixed(args)
+    mine = data.mnist1d.mnist1d_fixed(args)
     assert np.array_equal(np.random.get_state()[1], before)  # caller's RNG untouched
     ref = make_dataset(args)
     for key in ("x", "y", "x_test", "y_test"):
@@ -172,8 +172,8 @@ def test_related_teachers_are_correlated():
     assert near > 0.85 and 0.3 < mid < 0.7 and abs(unrelated) < 0.25
     # the weights of a perturbed teacher correlate with the base as (1-p)/sqrt((1-p)^2+p^2), at unit variance
     p = 0.5
-    w0, _ = data._teacher_weights(200, 300, 1, 0, 0.0, 1)
-    wp, _ = data._teacher_weights(200, 300, 1, 0, p, 1)
+    w0, _ = data.teacher.teacher_weights(200, 300, 1, 0, 0.0, 1)
+    wp, _ = data.teacher.teacher_weights(200, 300, 1, 0, p, 1)
     r = float(torch.corrcoef(torch.stack([w0.flatten(), wp.flatten()]))[0, 1])
     assert r == pytest.approx((1 - p) / np.hypot(1 - p, p), abs=0.01)
     assert wp.std().item() == pytest.approx(1.0, abs=0.01)
@@ -194,7 +194,7 @@ def test_teacher_online_samples():
     assert x1.shape == (100, 32) and set(y1.tolist()) == {0, 1}
     # relabelled samples agree with the unsplit teacher's labels on the same inputs
     full = load_task("teacher", classes=3, online=True, n_train=50, n_test=40)
-    w1, w2 = data._teacher_weights(32, 64, 3, 0, 0.0, 1)
+    w1, w2 = data.teacher.teacher_weights(32, 64, 3, 0, 0.0, 1)
     orig = (torch.tanh(x1 @ w1.T / 32 ** 0.5) @ w2.T).argmax(1)
     assert torch.equal(torch.tensor([0, 2])[y1], orig) and full.num_classes == 3
 
@@ -229,7 +229,7 @@ def _torchvision(cls, root, train, monkeypatch):
 def test_cifar_layout_is_torchvisions():
     from torchvision.datasets import CIFAR10, CIFAR100
     for cls, name in ((CIFAR10, "cifar10"), (CIFAR100, "cifar100")):
-        lay = data._CIFAR_LAYOUT[name]
+        lay = data.cifar.CIFAR_LAYOUT[name]
         assert lay["folder"] == cls.base_folder and lay["meta"] == cls.meta["filename"]
         assert lay["key"] == cls.meta["key"]
         assert lay["train"] == [f for f, _ in cls.train_list] and lay["test"] == [f for f, _ in cls.test_list]
@@ -267,6 +267,38 @@ def test_cifar_missing_files_say_what_to_put_where(tmp_path):
         load_task("cifar5m", root=str(tmp_path))
     with pytest.raises(WidthkitError, match="does not exist"):
         load_task("imagefolder", root=str(tmp_path / "nope"))
+
+
+class _Evil:
+    """Unpickling this calls os.system: a CIFAR reader must refuse it."""
+
+    def __reduce__(self):
+        import os
+        return os.system, ("echo pwned",)
+
+
+def test_cifar_pickles_cannot_run_code(tmp_path, monkeypatch):
+    import os
+    _write_cifar10(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": _Evil(), "labels": []}, f, protocol=2)
+    called = []
+    monkeypatch.setattr(os, "system", lambda cmd: called.append(cmd))
+    with pytest.raises(WidthkitError, match=r"cannot read .*refusing to load '(posix|nt|os)\.system'"):
+        load_task("cifar10", root=str(tmp_path))
+    assert not called
+
+
+def test_spec_strings_round_trip():
+    from widthkit.data.spec import format_spec, parse_spec
+    assert parse_spec(" teacher:0-2,7?perturb=0.5&label=coarse&x=true ") == (
+        "teacher", (0, 1, 2, 7), {"perturb": 0.5, "label": "coarse", "x": True})
+    spec = format_spec("teacher", (2, 0), {"perturb": 0.5, "x": True})
+    assert spec == "teacher:2,0?perturb=0.5&x=true"
+    assert parse_spec(spec) == ("teacher", (2, 0), {"perturb": 0.5, "x": True})
+    t = load_task("teacher?perturb=0.5&classes=3&teacher_seed=2", n_train=8, n_test=4)
+    assert t.spec == "teacher?classes=3&perturb=0.5&teacher_seed=2"
+    assert load_task(t.spec, n_train=8, n_test=4) is t
 
 
 def test_cifar100_fine_and_coarse(tmp_path, monkeypatch):
@@ -309,8 +341,8 @@ def test_cifar5m_shards_memmap_split_and_stream(tmp_path):
     ys = [rng.integers(0, 10, len(x)) for x in xs]
     np.savez(tmp_path / "cifar5m_part0.npz", X=xs[0], Y=ys[0])
     np.savez_compressed(tmp_path / "cifar5m_part1.npz", X=xs[1], Y=ys[1])  # compressed: read fully
-    assert isinstance(data._npz_array(tmp_path / "cifar5m_part0.npz", "X"), np.memmap)
-    assert not isinstance(data._npz_array(tmp_path / "cifar5m_part1.npz", "X"), np.memmap)
+    assert isinstance(data.cifar5m.npz_array(tmp_path / "cifar5m_part0.npz", "X"), np.memmap)
+    assert not isinstance(data.cifar5m.npz_array(tmp_path / "cifar5m_part1.npz", "X"), np.memmap)
     X = np.concatenate(xs).transpose(0, 3, 1, 2)
     Y = np.concatenate(ys)
     t = load_task("cifar5m", root=str(tmp_path), online=True, n_train=25, n_test=10)

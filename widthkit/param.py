@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import WidthkitError
+from .models.timm_models import attention_modules, set_attention_scale
 from .results import Result
 
 ADAM_LIKE = ("adam", "adamw")
@@ -163,7 +164,6 @@ def parameterize(model: nn.Module, *, kind: str, width: int, base_width: int, ba
 
 def mup_architecture(model: nn.Module) -> nn.Module:
     """muP's architecture change: 1/d (not 1/sqrt(d)) attention scaling, where there is attention."""
-    from .models.timm_models import attention_modules, set_attention_scale
     if attention_modules(model):
         set_attention_scale(model, "linear")
     return model

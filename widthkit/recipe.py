@@ -9,10 +9,13 @@ Any scalar field may be given as a list to sweep over it (``optim.lr = [0.01, 0.
 Any other table (``[transfer]``, ``[atlas]``, ``[study]``, ...) belongs to an analysis, which validates
 it with :func:`section`; a table whose name is close to a training section (``[modle]``) is refused as a
 typo, and ``widthkit.analyses.base.check_recipe_tables`` checks the rest against the registered analyses.
+Field types (choices as ``Literal``, bounds as ``Annotated[..., Range]``) are checked by
+:mod:`widthkit.validate`.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import dataclasses
 import hashlib
 import importlib.resources
@@ -22,22 +25,24 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
+from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass,
+                       parse_value)
 
 
 @dataclass
 class ModelSpec:
     family: str = "mlp"
     widths: list[int] = field(default_factory=lambda: [64, 256])
-    kwargs: dict = field(default_factory=dict)  # the family's fixed hyper-parameters
+    kwargs: dict = field(default_factory=dict, metadata={"extra": True})  # the family's hyper-parameters
 
 
 @dataclass
 class ParamSpec:
-    kind: str = "sp"              # sp | ntk | mup
-    base_width: int = 0           # muP base width; 0 means the narrowest width of the ladder
+    kind: Literal["sp", "ntk", "mup"] = "sp"
+    base_width: NonNegativeInt = 0  # muP base width; 0 means the narrowest width of the ladder
     output_mult: float = 1.0      # muP readout multiplier (alpha)
     readout_zero: bool = False    # muP: initialize the readout at zero
     gain: float = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
@@ -47,38 +52,38 @@ class ParamSpec:
 class DataSpec:
     task: str = "digits"
     root: str = ""
-    batch_size: int = 64          # 0 = full batch
+    batch_size: NonNegativeInt = 64  # 0 = full batch
     online: bool = False          # draw fresh samples every step
     shared_batches: bool = False  # every member sees the same minibatches: members differ only in their init
-    options: dict = field(default_factory=dict)  # extra keys, passed to load_task
+    options: dict = field(default_factory=dict, metadata={"extra": True})  # other keys, passed to load_task
 
 
 @dataclass
 class TrainSpec:
-    loss: str = "xent"            # xent | mse (mse = mean over examples of 0.5 * sum_k (f_k - y_k)^2)
+    loss: Literal["xent", "mse"] = "xent"  # mse = mean over examples of 0.5 * sum_k (f_k - y_k)^2
     steps: int = 1000
     epochs: float = 0.0           # if > 0, steps = epochs * (n_train // batch_size)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    eval_every: int = 100
-    checkpoint_every: int = 500
+    eval_every: PositiveInt = 100
+    checkpoint_every: NonNegativeInt = 500
     device: str = "auto"          # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"        # float32 | bfloat16 (autocast on GPU)
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N
-    memory_budget_mb: float = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
+    memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
 
 
 @dataclass
 class OptimSpec:
-    name: str = "sgd"             # sgd | adam | adamw
-    lr: float = 0.1
-    momentum: float = 0.0
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: NonNegativeFloat = 0.0
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    schedule: str = "constant"    # constant | cosine | linear
-    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: NonNegativeInt = 0
 
 
 @dataclass
@@ -122,74 +127,9 @@ class Recipe:
 
 
 _SECTIONS = {"model": ModelSpec, "param": ParamSpec, "data": DataSpec, "train": TrainSpec, "optim": OptimSpec}
-_EXTRA = {"model": "kwargs", "data": "options"}  # sections whose unknown keys pass through
-_CHOICES = {
-    "param.kind": ("sp", "ntk", "mup"),
-    "train.loss": ("xent", "mse"),
-    "train.dtype": ("float32", "bfloat16", "float64"),
-    "optim.name": ("sgd", "adam", "adamw"),
-    "optim.schedule": ("constant", "cosine", "linear"),
-}
-
-
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(key: str, value: Any, tp) -> Any:
-    """Check ``value`` against the annotated type ``tp``; raise one clear line if wrong."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(key, v, inner) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise WidthkitError(f"recipe key '{key}' must be a table, got {value!r}")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise WidthkitError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}")
-
-
-def _build_section(name: str, cls, table: dict):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in _EXTRA.values()]
-    kwargs, extra = {}, {}
-    for key, value in table.items():
-        if key in names:
-            kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
-        elif name in _EXTRA:
-            extra[key] = value
-        else:
-            raise WidthkitError(f"unknown recipe key '{name}.{key}'"
-                                f"{did_you_mean(f'{name}.{key}', [f'{name}.{n}' for n in names])}; "
-                                f"valid keys in [{name}]: {', '.join(names)}")
-    if name in _EXTRA:
-        kwargs[_EXTRA[name]] = extra
-    return cls(**kwargs)
 
 
 def _validate(r: Recipe) -> None:
-    for key, choices in _CHOICES.items():
-        sec, attr = key.split(".")
-        v = getattr(getattr(r, sec), attr)
-        if v not in choices:
-            raise WidthkitError(f"recipe key '{key}' is '{v}'{did_you_mean(v, choices)}; "
-                                f"choose one of: {', '.join(choices)}")
     if not r.model.widths:
         raise WidthkitError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
     for w in r.model.widths:
@@ -201,19 +141,9 @@ def _validate(r: Recipe) -> None:
         raise WidthkitError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
     if len(set(r.train.seeds)) != len(r.train.seeds):
         raise WidthkitError("recipe key 'train.seeds' has repeated seeds; list each seed once")
-    positive = {"optim.lr": r.optim.lr, "train.eval_every": r.train.eval_every}
-    if r.train.epochs <= 0:
-        positive["train.steps"] = r.train.steps
-    for key, v in positive.items():
-        if not v > 0:
-            raise WidthkitError(f"recipe key '{key}' is {v}; it must be positive")
-    nonneg = {"data.batch_size": r.data.batch_size, "optim.momentum": r.optim.momentum,
-              "optim.weight_decay": r.optim.weight_decay, "optim.warmup_steps": r.optim.warmup_steps,
-              "train.checkpoint_every": r.train.checkpoint_every, "param.base_width": r.param.base_width,
-              "train.memory_budget_mb": r.train.memory_budget_mb}
-    for key, v in nonneg.items():
-        if v < 0:
-            raise WidthkitError(f"recipe key '{key}' is {v}; it must be zero or positive")
+    if r.train.epochs <= 0 and r.train.steps <= 0:
+        raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
+                            "(or set train.epochs)")
     st = r.train.strategy
     if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)):
         raise WidthkitError(f"recipe key 'train.strategy' is '{st}'; choose auto, vectorized, loop or chunk:N")
@@ -241,32 +171,20 @@ def from_dict(raw: dict) -> Recipe:
     raw = copy.deepcopy(raw)
     top = [f.name for f in dataclasses.fields(Recipe) if f.name != "analysis"]
     known = set(top) | set(_SECTIONS)
-    kwargs: dict[str, Any] = {"analysis": {}}
-    for key, value in raw.items():
-        if key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise WidthkitError(f"recipe key '{key}' must be a table ([{key}])")
-            if key == "train" and "seeds" in value:
-                value["seeds"] = _seeds(value["seeds"])
-            kwargs[key] = _build_section(key, _SECTIONS[key], value)
-        elif key in ("name", "seed"):
-            kwargs[key] = _coerce(key, value, str if key == "name" else int)
-        elif isinstance(value, dict) and not did_you_mean(key, _SECTIONS):
-            kwargs["analysis"][key] = value  # an analysis table
+    analysis = {}
+    for key in list(raw):
+        if key in top:
+            continue
+        if isinstance(raw[key], dict) and not difflib.get_close_matches(key, _SECTIONS, n=1, cutoff=0.8):
+            analysis[key] = raw.pop(key)  # an analysis table
         else:
             raise WidthkitError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
                                 f"valid: {', '.join(sorted(known))} and the analysis tables")
-    r = Recipe(**kwargs)
+    if isinstance(raw.get("train"), dict) and "seeds" in raw["train"]:
+        raw["train"]["seeds"] = _seeds(raw["train"]["seeds"])
+    r = build_dataclass(Recipe, {**raw, "analysis": analysis}, "")
     _validate(r)
     return r
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value as a TOML literal (``0.1``, ``[16, 32]``, ``true``), else a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -418,20 +336,5 @@ T = typing.TypeVar("T")
 
 
 def section(recipe: Recipe, name: str, cls: type[T], overrides: dict | None = None) -> T:
-    """Validate the free-form analysis table ``[name]`` against dataclass ``cls``."""
-    table = dict(recipe.analysis.get(name, {}))
-    table.update(overrides or {})
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in table.items():
-        if key not in names:
-            raise WidthkitError(f"unknown recipe key '{name}.{key}'{did_you_mean(key, names)}; "
-                                f"valid keys in [{name}]: {', '.join(names)}")
-        tp = hints[key]
-        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            tp = args[0] if len(args) == 1 else tp
-        kwargs[key] = _coerce(f"{name}.{key}", value, tp) if tp in (int, float, bool, str) or \
-            typing.get_origin(tp) in (list, dict) else value
-    return cls(**kwargs)
+    """Validate the free-form analysis table ``[name]`` (updated by ``overrides``) against dataclass ``cls``."""
+    return build_dataclass(cls, {**recipe.analysis.get(name, {}), **(overrides or {})}, name)

@@ -13,23 +13,14 @@ when the feature map is already 1 pixel wide, so small inputs (8x8 digits) work.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 from torch import nn
 
-from widthkit.errors import WidthkitError
-from widthkit.models.registry import (HeadSequential, check_bool, check_choice, make_activation, register_model)
+from widthkit.models.blocks import Activation, HeadSequential, image_shape, make_activation
+from widthkit.models.registry import register_model
 
 MYRTLE_STAGES = {5: (2, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
-
-
-def image_shape(family: str, in_shape: tuple) -> tuple[int, int, int]:
-    """(C, H, W) from an image in_shape; (H, W) means one channel."""
-    if len(in_shape) == 2:
-        return (1, *in_shape)
-    if len(in_shape) != 3:
-        raise WidthkitError(f"model family '{family}' needs image inputs with in_shape (C, H, W), "
-                            f"got {tuple(in_shape)}; use family 'mlp' for flat inputs")
-    return tuple(in_shape)
 
 
 class Myrtle(HeadSequential):
@@ -62,12 +53,9 @@ class Myrtle(HeadSequential):
 
 
 @register_model("cnn")
-def cnn(*, width: int, in_shape: tuple, num_classes: int, depth: int = 5,
-        activation: str = "relu", batchnorm: bool = False, bias: bool = True,
-        pool: str = "avg") -> Myrtle:
-    """Myrtle-``depth`` CNN (depth 5, 7 or 10) with ``width`` channels in every conv."""
-    return Myrtle(image_shape("cnn", in_shape), width, num_classes,
-                  depth=check_choice("cnn", "depth", depth, MYRTLE_STAGES),
-                  activation=activation, batchnorm=check_bool("cnn", "batchnorm", batchnorm),
-                  bias=check_bool("cnn", "bias", bias),
-                  pool=check_choice("cnn", "pool", pool, ("avg", "max")))
+def cnn(*, width: int, in_shape: tuple, num_classes: int, depth: Literal[5, 7, 10] = 5,
+        activation: Activation = "relu", batchnorm: bool = False, bias: bool = True,
+        pool: Literal["avg", "max"] = "avg") -> Myrtle:
+    """Myrtle-``depth`` CNN (depth 5, 7 or 10, see ``MYRTLE_STAGES``) with ``width`` channels in every conv."""
+    return Myrtle(image_shape("cnn", in_shape), width, num_classes, depth=depth, activation=activation,
+                  batchnorm=batchnorm, bias=bias, pool=pool)

@@ -7,12 +7,14 @@ either flatten (``pool="flatten"``, default) or global average pooling, then a l
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 from torch import nn
 
 from widthkit.errors import WidthkitError
-from widthkit.models.registry import (HeadSequential, check_bool, check_choice, check_int, make_activation,
-                                      register_model)
+from widthkit.models.blocks import Activation, HeadSequential, make_activation
+from widthkit.models.registry import register_model
+from widthkit.validate import PositiveInt
 
 
 class Conv1dNet(HeadSequential):
@@ -41,15 +43,13 @@ class Conv1dNet(HeadSequential):
 
 
 @register_model("conv1d")
-def conv1d(*, width: int, in_shape: tuple, num_classes: int, depth: int = 3,
-           kernel_size: int = 5, activation: str = "relu", pool: str = "flatten",
-           bias: bool = True) -> Conv1dNet:
+def conv1d(*, width: int, in_shape: tuple, num_classes: int, depth: PositiveInt = 3,
+           kernel_size: PositiveInt = 5, activation: Activation = "relu",
+           pool: Literal["flatten", "avg"] = "flatten", bias: bool = True) -> Conv1dNet:
     """Conv1d net with ``depth`` stride-2 layers of ``width`` channels."""
     if len(in_shape) == 1:
         in_shape = (1, in_shape[0])
     if len(in_shape) != 2:
         raise WidthkitError(f"model family 'conv1d' needs in_shape (C, L) or (L,), got {tuple(in_shape)}")
-    return Conv1dNet(in_shape, width, num_classes, depth=check_int("conv1d", "depth", depth),
-                     kernel_size=check_int("conv1d", "kernel_size", kernel_size),
-                     activation=activation, pool=check_choice("conv1d", "pool", pool, ("flatten", "avg")),
-                     bias=check_bool("conv1d", "bias", bias))
+    return Conv1dNet(in_shape, width, num_classes, depth=depth, kernel_size=kernel_size,
+                     activation=activation, pool=pool, bias=bias)

@@ -6,7 +6,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from widthkit.models.registry import HeadSequential, check_bool, check_int, make_activation, register_model
+from widthkit.models.blocks import Activation, HeadSequential, make_activation
+from widthkit.models.registry import register_model
+from widthkit.validate import PositiveInt
 
 
 class MLP(HeadSequential):
@@ -25,8 +27,7 @@ class MLP(HeadSequential):
 
 
 @register_model("mlp")
-def mlp(*, width: int, in_shape: tuple, num_classes: int, depth: int = 2,
-        activation: str = "relu", bias: bool = True) -> MLP:
+def mlp(*, width: int, in_shape: tuple, num_classes: int, depth: PositiveInt = 2,
+        activation: Activation = "relu", bias: bool = True) -> MLP:
     """MLP on the flattened input; ``depth`` hidden layers of ``width`` units."""
-    return MLP(math.prod(in_shape), width, check_int("mlp", "depth", depth),
-               num_classes, activation, check_bool("mlp", "bias", bias))
+    return MLP(math.prod(in_shape), width, depth, num_classes, activation, bias)

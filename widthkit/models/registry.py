@@ -1,107 +1,123 @@
-"""Model registry (timm-style): families are functions registered by name.
+"""Model registry (timm-style): families are functions registered by name, prefixes by a handler.
 
 A family is a function ``fn(*, width, in_shape, num_classes, **options) -> nn.Module``.
-Its keyword options and their defaults are read from the signature, so
-:func:`model_kwargs` can tell recipe validation which keys exist.  Every model built
-by :func:`create_model` has ``get_classifier()`` (the readout ``nn.Linear``),
-``readout_name`` (that module's name) and ``widthkit_spec`` (how it was built).
-
-``timm:<name>`` builds any timm model whose width argument is known (see
-:mod:`widthkit.models.timm_models`); other keyword options go to timm unchanged.
+Its keyword options, their defaults and their types are read from the signature, so
+:func:`model_kwargs` can tell recipe validation which keys exist and :func:`create_model`
+checks every value (:mod:`widthkit.validate`) before building.  A prefix handler
+(:func:`register_prefix`) builds a whole namespace of names, e.g. ``timm:<name>`` (registered by
+:mod:`widthkit.models.timm_models`).  Every model built by :func:`create_model` has
+``get_classifier()`` (the readout ``nn.Linear``), ``readout_name`` (that module's name) and
+``widthkit_spec`` (how it was built).
 """
 from __future__ import annotations
 
 import inspect
-import math
-import operator
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-import torch
 from torch import nn
 
-from widthkit.errors import WidthkitError, did_you_mean, unknown
+from widthkit.errors import WidthkitError, unknown
+from widthkit.validate import Option, PositiveInt, check_options, coerce, signature_options
 
-TIMM_PREFIX = "timm:"
 _CORE = ("width", "in_shape", "num_classes")
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
+_FAMILIES: dict[str, tuple[Callable[..., nn.Module], dict[str, Option]]] = {}
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    create: Callable[..., nn.Module]      # (name, *, width, in_shape, num_classes, **kwargs) -> model
+    options: Callable[[str], dict]        # name -> widthkit's own options with defaults (checks the name)
+    listing: str                          # how list_models shows the namespace
+
+
+_PREFIXES: dict[str, _Prefix] = {}
 
 
 def register_model(name: str):
     """Decorator registering ``fn`` as model family ``name``; options come from its keyword defaults."""
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY or name.startswith(TIMM_PREFIX):
+        if name in _FAMILIES or _prefix_of(name):
             raise ValueError(f"model family '{name}' is already registered or reserved")
-        params = inspect.signature(fn).parameters
-        missing = [c for c in _CORE if c not in params]
+        missing = [c for c in _CORE if c not in inspect.signature(fn).parameters]
         if missing:
             raise TypeError(f"model family '{name}' must accept {missing}")
-        defaults = {k: p.default for k, p in params.items()
-                    if k not in _CORE and p.kind == p.KEYWORD_ONLY}
-        if any(v is inspect.Parameter.empty for v in defaults.values()):
-            raise TypeError(f"model family '{name}': every option needs a default")
-        _REGISTRY[name] = (fn, defaults)
+        _FAMILIES[name] = (fn, signature_options(fn, skip=_CORE))
         return fn
     return deco
 
 
+def register_prefix(prefix: str, create: Callable[..., nn.Module], options: Callable[[str], dict],
+                    listing: str) -> None:
+    """Let ``create(rest, width=, in_shape=, num_classes=, **kwargs)`` build every name ``prefix + rest``.
+
+    ``options(rest)`` returns widthkit's own options for that name with their defaults and raises a
+    WidthkitError for an unknown name; other keyword options go to ``create`` unchecked.
+    """
+    if prefix in _PREFIXES or any(f.startswith(prefix) for f in _FAMILIES):
+        raise ValueError(f"model prefix '{prefix}' is already registered or clashes with a family")
+    _PREFIXES[prefix] = _Prefix(create, options, listing)
+
+
+def _prefix_of(name: str) -> str | None:
+    return next((p for p in _PREFIXES if str(name).startswith(p)), None)
+
+
 def list_models() -> list[str]:
-    """Registered family names, plus the ``timm:<any timm name>`` pattern."""
-    return sorted(_REGISTRY) + [TIMM_PREFIX + "<any timm name>"]
+    """Registered family names, plus each prefix's pattern (e.g. ``timm:<any timm name>``)."""
+    return sorted(_FAMILIES) + [p.listing for p in _PREFIXES.values()]
 
 
 def model_kwargs(name: str) -> dict[str, Any]:
     """Options accepted by family ``name`` with their defaults.
 
-    For ``timm:<name>`` only widthkit's own extras are listed (``attn_scale`` for ViTs);
-    any other option is passed to the timm model class and checked when it is built.
+    For a prefixed name (``timm:<name>``) only widthkit's own extras are listed (``attn_scale`` for
+    ViTs); any other option is passed to the model class and checked when it is built.
     """
-    if name.startswith(TIMM_PREFIX):
-        from widthkit.models.timm_models import timm_extras
-        return timm_extras(name[len(TIMM_PREFIX):])
-    return dict(_lookup(name)[1])
+    prefix = _prefix_of(name)
+    if prefix:
+        return _PREFIXES[prefix].options(name[len(prefix):])
+    return {k: o.default for k, o in _lookup(name)[1].items()}
 
 
-def validate_kwargs(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise WidthkitError for an option that family ``name`` does not accept (with a suggestion)."""
-    if name.startswith(TIMM_PREFIX):
+def validate_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` checked against family ``name`` (values coerced to the option types).
+
+    Raises WidthkitError for an unknown option (with a suggestion) or a bad value.  Prefixed names only
+    check the name: their options are checked by the model class.
+    """
+    if _prefix_of(name):
         model_kwargs(name)
-        return
-    defaults = _lookup(name)[1]
-    for key in kwargs:
-        if key not in defaults:
-            valid = ", ".join(sorted(defaults)) or "(none)"
-            raise WidthkitError(f"unknown option '{key}' for model family '{name}'"
-                                f"{did_you_mean(key, defaults)}; valid: {valid}")
+        return dict(kwargs)
+    return check_options(kwargs, _lookup(name)[1], f"model family '{name}'")
 
 
 def create_model(name: str, *, width: int, in_shape: Iterable[int], num_classes: int,
                  **kwargs: Any) -> nn.Module:
     """Build family ``name`` at ``width`` for inputs ``[B, *in_shape]`` and ``num_classes`` outputs."""
-    if not str(name).startswith(TIMM_PREFIX):
+    prefix = _prefix_of(name)
+    if not prefix:
         _lookup(name)
-    width = _positive_int("width", width, f"model '{name}'")
-    num_classes = _positive_int("num_classes", num_classes, f"model '{name}'")
-    try:
-        in_shape = tuple(_positive_int("in_shape entry", s, f"model '{name}'") for s in in_shape)
-    except TypeError:
-        raise WidthkitError(f"in_shape must be a tuple of positive ints, got {in_shape!r}") from None
+    owner = f"model '{name}'"
+    width = coerce(width, PositiveInt, "width", owner)
+    num_classes = coerce(num_classes, PositiveInt, "num_classes", owner)
+    in_shape = coerce(in_shape, tuple[PositiveInt, ...], "in_shape", owner)
     if not in_shape:
         raise WidthkitError("in_shape must have at least one dimension, e.g. (64,) or (3, 32, 32)")
-    if name.startswith(TIMM_PREFIX):
-        from widthkit.models.timm_models import create_timm
-        model = create_timm(name[len(TIMM_PREFIX):], width=width, in_shape=in_shape,
-                            num_classes=num_classes, **kwargs)
+    if prefix:
+        model = _PREFIXES[prefix].create(name[len(prefix):], width=width, in_shape=in_shape,
+                                         num_classes=num_classes, **kwargs)
     else:
-        validate_kwargs(name, kwargs)
-        model = _lookup(name)[0](width=width, in_shape=in_shape, num_classes=num_classes, **kwargs)
+        model = _lookup(name)[0](width=width, in_shape=in_shape, num_classes=num_classes,
+                                 **validate_kwargs(name, kwargs))
     _finish(model, name, width, in_shape, num_classes, kwargs)
     return model
 
 
 def _lookup(name: str):
-    if name not in _REGISTRY:
+    if name not in _FAMILIES:
         raise unknown("model family", name, list_models())
-    return _REGISTRY[name]
+    return _FAMILIES[name]
 
 
 def _finish(model, name, width, in_shape, num_classes, kwargs) -> None:
@@ -114,90 +130,3 @@ def _finish(model, name, width, in_shape, num_classes, kwargs) -> None:
         model.readout_name = next(n for n, m in model.named_modules() if m is head)
     model.widthkit_spec = {"family": name, "width": width, "in_shape": in_shape,
                            "num_classes": num_classes, "kwargs": dict(kwargs)}
-
-
-# ---- option checks shared by the families (one-line errors naming the key) ----
-
-def _positive_int(key: str, value: Any, where: str) -> int:
-    if isinstance(value, bool):
-        raise WidthkitError(f"{where}: {key} must be a positive integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise WidthkitError(f"{where}: {key} must be a positive integer, got {value!r}") from None
-    if value <= 0:
-        raise WidthkitError(f"{where}: {key} must be a positive integer, got {value}")
-    return value
-
-
-def check_int(family: str, key: str, value: Any, lo: int = 1) -> int:
-    """Return ``value`` as an int >= ``lo`` or raise a one-line WidthkitError."""
-    bad = isinstance(value, bool)
-    if not bad:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            bad = True
-    if bad or value < lo:
-        raise WidthkitError(f"model family '{family}': {key}={value!r} is invalid; use an integer >= {lo}")
-    return value
-
-
-def check_float(family: str, key: str, value: Any, lo: float = 0.0) -> float:
-    """Return ``value`` as a finite float > ``lo`` or raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= lo:
-        raise WidthkitError(f"model family '{family}': {key}={value!r} is invalid; use a number > {lo}")
-    return float(value)
-
-
-def check_bool(family: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise WidthkitError(f"model family '{family}': {key}={value!r} is invalid; use true or false")
-    return value
-
-
-def check_choice(family: str, key: str, value: Any, choices: Iterable[Any]) -> Any:
-    """Return ``value`` if it is one of ``choices``, else raise with a suggestion."""
-    choices = list(choices)
-    if value not in choices:
-        raise WidthkitError(f"model family '{family}': {key}={value!r} is invalid"
-                            f"{did_you_mean(value, choices)}; valid: {', '.join(map(str, choices))}")
-    return value
-
-
-class Erf(nn.Module):
-    """Elementwise error function (the activation with closed-form NNGP/NTK kernels)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.erf(x)
-
-
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity,
-    "erf": Erf, "silu": nn.SiLU,
-}
-
-
-class HeadSequential(nn.Sequential):
-    """An ``nn.Sequential`` whose last layer ``head`` is the readout (timm's ``get_classifier``).
-
-    With ``in_shape`` set, flat inputs are reshaped to it first, so image and sequence
-    models take the same flat tensors as MLPs.
-    """
-
-    readout_name = "head"
-    in_shape: tuple | None = None
-
-    def forward(self, x):
-        if self.in_shape is not None:
-            x = x.reshape(x.shape[0], *self.in_shape)
-        return super().forward(x)
-
-    def get_classifier(self) -> nn.Linear:
-        return self.head
-
-
-def make_activation(family: str, name: Any) -> nn.Module:
-    """A fresh activation module named ``name`` (validated)."""
-    return ACTIVATIONS[check_choice(family, "activation", name, ACTIVATIONS)]()

@@ -10,29 +10,25 @@ Width enters as the timm argument each architecture has for it:
 * ConvNeXt (``convnext``): ``dims=(w, 2w, 4w, 8w)``.
 * MLP-Mixer (``mlp_mixer``: mixer_*): ``embed_dim=w``.
 
-Nothing is ever downloaded: ``pretrained=False`` always.
+Nothing is ever downloaded: ``pretrained=False`` always.  timm is imported when a model is built, so
+importing the model registry stays light.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import threading
-from typing import Any
+from typing import Any, Literal
 
-import timm
-import timm.models.resnet as timm_resnet
 import torch
-from timm.layers import GroupNorm1
-from timm.models import _registry as timm_registry
 from torch import nn
 
 from widthkit.errors import WidthkitError, unknown
-from widthkit.models.cnn import image_shape
-from widthkit.models.registry import (check_bool, check_choice, check_float, check_int,
-                                      register_model)
+from widthkit.models.blocks import image_shape
+from widthkit.models.registry import register_model, register_prefix
+from widthkit.validate import PositiveFloat, PositiveInt, coerce
 
-ATTN_SCALES = ("sqrt", "linear")
-_NORMS = {"batch": nn.BatchNorm2d, "layer": GroupNorm1, "none": nn.Identity}
+AttnScale = Literal["sqrt", "linear"]
 _PATCH_LOCK = threading.RLock()
 
 
@@ -66,7 +62,7 @@ def set_attention_scale(model: nn.Module, mode: str = "sqrt") -> nn.Module:
     fused and the explicit attention paths) to identity or to a parameter-free multiply
     by ``head_dim ** -0.5``, so state_dict keys and torch.compile are unaffected.
     """
-    check_choice("vit", "attn_scale", mode, ATTN_SCALES)
+    coerce(mode, AttnScale, "mode", "set_attention_scale")
     found = attention_modules(model)
     if not found:
         raise WidthkitError(f"set_attention_scale: {type(model).__name__} has no timm attention modules; "
@@ -84,6 +80,7 @@ def set_attention_scale(model: nn.Module, mode: str = "sqrt") -> nn.Module:
 @contextlib.contextmanager
 def _resnet_stages_from(inplanes: int):
     """While active, timm's ResNet builds its stages from ``inplanes`` channels (not its fixed 64)."""
+    import timm.models.resnet as timm_resnet
     original = timm_resnet.make_blocks
 
     def make_blocks(block_fns, channels, block_repeats, _inplanes, **kwargs):
@@ -105,6 +102,7 @@ def _conv_like(conv: nn.Conv2d, in_ch: int, out_ch: int) -> nn.Conv2d:
 
 
 def _norm_like(norm: nn.Module, ch: int) -> nn.Module:
+    from timm.layers import GroupNorm1
     if isinstance(norm, nn.Identity):
         return nn.Identity()
     if isinstance(norm, nn.BatchNorm2d):
@@ -138,9 +136,9 @@ def _fix_resnet_stem(model: nn.Module, width: int) -> None:
 
 
 @register_model("resnet")
-def resnet(*, width: int, in_shape: tuple, num_classes: int, layers: tuple = (2, 2, 2, 2),
-           block: str = "basic", small_input: bool | None = None, norm: str = "batch",
-           zero_init_last: bool = True) -> nn.Module:
+def resnet(*, width: int, in_shape: tuple, num_classes: int, layers: tuple[PositiveInt, ...] = (2, 2, 2, 2),
+           block: Literal["basic", "bottleneck"] = "basic", small_input: bool | None = None,
+           norm: Literal["batch", "layer", "none"] = "batch", zero_init_last: bool = True) -> nn.Module:
     """timm ResNet with channels (w, 2w, 4w, ...) per stage and a ``w``-channel stem.
 
     ``layers``: blocks in each of the 4 stages ((2,2,2,2) = resnet18; block "bottleneck" with
@@ -148,20 +146,19 @@ def resnet(*, width: int, in_shape: tuple, num_classes: int, layers: tuple = (2,
     ``small_input`` (default: True when the image is under 64 px): 3x3 stride-1 stem without
     max-pool, as CIFAR ResNets.  ``norm``: batch | layer (GroupNorm with 1 group) | none.
     """
+    import timm.models.resnet as timm_resnet
+    from timm.layers import GroupNorm1
     c, h, w = image_shape("resnet", in_shape)
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__") or len(layers) != 4:
-        raise WidthkitError(f"model family 'resnet': layers={layers!r} is invalid; "
+    if len(layers) != 4:
+        raise WidthkitError(f"model family 'resnet': layers={list(layers)} is invalid; "
                             "use 4 block counts (one per stage), e.g. [2, 2, 2, 2]")
-    layers = tuple(check_int("resnet", "layers entry", n) for n in layers)
-    block_cls = {"basic": timm_resnet.BasicBlock, "bottleneck": timm_resnet.Bottleneck}[
-        check_choice("resnet", "block", block, ("basic", "bottleneck"))]
-    small = min(h, w) < 64 if small_input is None else check_bool("resnet", "small_input", small_input)
-    norm_layer = _NORMS[check_choice("resnet", "norm", norm, _NORMS)]
+    block_cls = {"basic": timm_resnet.BasicBlock, "bottleneck": timm_resnet.Bottleneck}[block]
+    small = min(h, w) < 64 if small_input is None else small_input
+    norm_layer = {"batch": nn.BatchNorm2d, "layer": GroupNorm1, "none": nn.Identity}[norm]
     with _resnet_stages_from(width):
         model = timm_resnet.ResNet(block_cls, layers, num_classes=num_classes, in_chans=c,
                                    channels=tuple(width * 2 ** i for i in range(len(layers))),
-                                   stem_width=width, norm_layer=norm_layer,
-                                   zero_init_last=check_bool("resnet", "zero_init_last", zero_init_last))
+                                   stem_width=width, norm_layer=norm_layer, zero_init_last=zero_init_last)
     if small:
         model.conv1 = _conv_like(nn.Conv2d(c, width, 3, 1, 1, bias=False), c, width)
         model.maxpool = nn.Identity()
@@ -181,10 +178,11 @@ def default_patch_size(h: int, w: int) -> int:
 
 
 @register_model("vit")
-def vit(*, width: int, in_shape: tuple, num_classes: int, depth: int = 4, heads: int | None = None,
-        head_dim: int | None = None, patch_size: int | None = None, mlp_ratio: float = 4.0,
-        class_token: bool = False, global_pool: str = "avg", qkv_bias: bool = True,
-        attn_scale: str = "sqrt") -> nn.Module:
+def vit(*, width: int, in_shape: tuple, num_classes: int, depth: PositiveInt = 4,
+        heads: PositiveInt | None = None, head_dim: PositiveInt | None = None,
+        patch_size: PositiveInt | None = None, mlp_ratio: PositiveFloat = 4.0, class_token: bool = False,
+        global_pool: Literal["avg", "token", "max"] = "avg", qkv_bias: bool = True,
+        attn_scale: AttnScale = "sqrt") -> nn.Module:
     """timm VisionTransformer with ``embed_dim = width``.
 
     Heads: ``heads`` fixes their number (head_dim = width / heads grows with width);
@@ -197,29 +195,24 @@ def vit(*, width: int, in_shape: tuple, num_classes: int, depth: int = 4, heads:
         raise WidthkitError("model family 'vit': set either heads (fixed count) or head_dim "
                             "(fixed size), not both")
     if head_dim is not None:
-        head_dim = check_int("vit", "head_dim", head_dim)
         if width % head_dim:
             raise WidthkitError(f"model family 'vit': width {width} is not divisible by "
                                 f"head_dim={head_dim}; use widths that are multiples of {head_dim}")
         heads = width // head_dim
     else:
-        heads = check_int("vit", "heads", 4 if heads is None else heads)
+        heads = 4 if heads is None else heads
         if width % heads:
             raise WidthkitError(f"model family 'vit': width {width} is not divisible by heads={heads}; "
                                 f"use widths that are multiples of {heads} or set head_dim")
-    patch = default_patch_size(h, w) if patch_size is None else check_int("vit", "patch_size", patch_size)
+    patch = default_patch_size(h, w) if patch_size is None else patch_size
     if h % patch or w % patch:
         raise WidthkitError(f"model family 'vit': image {h}x{w} is not divisible by patch_size={patch}; "
                             "choose a patch_size that divides the image size")
-    class_token = check_bool("vit", "class_token", class_token)
-    check_choice("vit", "global_pool", global_pool, ("avg", "token", "max"))
     if global_pool == "token" and not class_token:
         raise WidthkitError("model family 'vit': global_pool='token' needs class_token=true")
     model = VisionTransformer(img_size=(h, w), patch_size=patch, in_chans=c, num_classes=num_classes,
-                              embed_dim=width, depth=check_int("vit", "depth", depth), num_heads=heads,
-                              mlp_ratio=check_float("vit", "mlp_ratio", mlp_ratio),
-                              qkv_bias=check_bool("vit", "qkv_bias", qkv_bias),
-                              class_token=class_token, global_pool=global_pool)
+                              embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
+                              qkv_bias=qkv_bias, class_token=class_token, global_pool=global_pool)
     set_attention_scale(model, attn_scale)
     model.readout_name = "head"
     return model
@@ -243,6 +236,8 @@ TIMM_WIDTH_ARGS = {
 
 def check_timm_name(name: str) -> str:
     """The timm module of model ``name``; WidthkitError if unknown or without a width argument."""
+    import timm
+    from timm.models import _registry as timm_registry
     if not timm.is_model(name):
         raise unknown("timm model", name, timm.list_models())
     module = timm_registry._model_to_module.get(name, "")
@@ -285,6 +280,7 @@ def create_timm(name: str, *, width: int, in_shape: tuple, num_classes: int, **k
     Extra ``kwargs`` go to the timm model class, overriding the entrypoint's defaults
     (e.g. num_heads, patch_size, depth); ``attn_scale`` ("sqrt"|"linear") is handled here for ViTs.
     """
+    import timm
     module = check_timm_name(name)
     c, h, w = image_shape(f"timm:{name}", in_shape)
     attn_scale = kwargs.pop("attn_scale", None)
@@ -310,3 +306,6 @@ def create_timm(name: str, *, width: int, in_shape: tuple, num_classes: int, **k
     if attn_scale is not None:
         set_attention_scale(model, attn_scale)
     return model
+
+
+register_prefix("timm:", create_timm, timm_extras, "timm:<any timm name>")

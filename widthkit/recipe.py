@@ -6,8 +6,9 @@ and suggesting the right one.  ``--set section.key=value`` overrides any field.
 
 Any scalar field may be given as a list to sweep over it (``optim.lr = [0.01, 0.1]``);
 :func:`expand_grid` turns such a recipe into one recipe per grid point.
-Analysis sections (``[transfer]``, ``[atlas]``, ``[dynamics]``, ``[ensemble_bias]``,
-``[study]``) are free-form tables that each analysis validates with :func:`section`.
+Analysis sections (``[transfer]``, ``[atlas]``, ``[ensemble_bias]``, ``[lr_phase]``, ``[subspace]``,
+``[ntk_scaling]``, ``[coord_check]``, ``[study]``) are free-form tables that each analysis validates with
+:func:`section`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from typing import Any
 
 from .errors import WidthkitError, did_you_mean
 
-ANALYSIS_SECTIONS = ("transfer", "atlas", "dynamics", "ensemble_bias", "study")
+ANALYSIS_SECTIONS = ("transfer", "atlas", "ensemble_bias", "study",
+                     "lr_phase", "subspace", "ntk_scaling", "coord_check")
 
 
 @dataclass

@@ -4,7 +4,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from widthkit.dynamics import GD, Linearized, ntk_scaling, track_kernel
+from widthkit.analyses import Subject, get_analysis
+from widthkit.dynamics import GD, Linearized, track_kernel
+from widthkit.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -27,7 +29,8 @@ def test_linearization_is_exact_for_a_model_linear_in_its_parameters():
 
 def test_ntk_change_exponent_is_minus_one_in_ntk_parameterization():
     """Shipped recipe (tanh, one hidden layer, widths 64..1024): exponent in [-1.2, -0.8]."""
-    res = ntk_scaling(RECIPES / "ntk-scaling.toml", params=["ntk"], every=30)  # kernel at t=0 and t=30 only
+    a, r = get_analysis("ntk-scaling"), load_recipe(RECIPES / "ntk-scaling.toml")
+    res = a.compute(Subject(r), a.options(r, params=["ntk"], every=30))  # kernel at t=0 and t=30 only
     kc = next(f for f in res.fits if f.quantity == "kernel_change")
     gap = next(f for f in res.fits if f.quantity == "lin_gap")
     assert -1.2 <= kc.slope <= -0.8, kc

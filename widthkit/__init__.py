@@ -19,9 +19,10 @@ _EXPORTS = {
     "train_ladder": "widthkit.ladder", "build_member": "widthkit.build",
     "get_executor": "widthkit.executors", "LocalExecutor": "widthkit.executors", "RayExecutor": "widthkit.executors",
     "open_run": "widthkit.store", "Run": "widthkit.store",
-    "coord_check": "widthkit.analysis.coord_check",
-    "ensemble_bias": "widthkit.analysis.ensemble_bias",
-    "transfer": "widthkit.analysis.transfer",
+    "coord_check": "widthkit.dynamics", "analyze": "widthkit.analyses", "list_analyses": "widthkit.analyses",
+    "get_analysis": "widthkit.analyses",
+    "ensemble_bias": "widthkit.analyses.ensemble_bias",
+    "transfer": "widthkit.analyses.transfer",
     "study": "widthkit.studies", "write_report": "widthkit.report",
     "WidthkitError": "widthkit.errors",
 }

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import WidthkitError
+from ..errors import WidthkitError, did_you_mean
 
 Params = dict[str, torch.Tensor]
 
@@ -49,7 +49,6 @@ def check_scales(params: Mapping[str, torch.Tensor], lr_scales: Mapping[str, flo
         return {n: 1.0 for n in params}
     extra = sorted(set(lr_scales) - set(params))
     if extra:
-        from ..errors import did_you_mean
         raise WidthkitError(f"lr_scales names unknown parameter '{extra[0]}'{did_you_mean(extra[0], params)}; "
                             f"valid: {', '.join(list(params)[:12])}{', ...' if len(params) > 12 else ''}")
     out = {n: float(lr_scales.get(n, 1.0)) for n in params}
@@ -57,21 +56,3 @@ def check_scales(params: Mapping[str, torch.Tensor], lr_scales: Mapping[str, flo
     if bad:
         raise WidthkitError(f"lr scale of '{bad[0]}' is {out[bad[0]]}; lr scales must be >= 0")
     return out
-
-
-def flatten(d: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Concatenate a dict of tensors into one vector (dict order)."""
-    return torch.cat([t.reshape(-1) for t in d.values()])
-
-
-def unflatten(v: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
-    """Split a vector back into tensors shaped like ``like``."""
-    out, i = {}, 0
-    for n, t in like.items():
-        out[n] = v[i:i + t.numel()].view_as(t)
-        i += t.numel()
-    return out
-
-
-def num_params(params: Mapping[str, torch.Tensor]) -> int:
-    return sum(t.numel() for t in params.values())

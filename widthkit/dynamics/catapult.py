@@ -76,10 +76,10 @@ class PhaseRun(Result):
     lr: float
     lr_units: float            # lr / (2/lambda_0)
     lr_lambda: float           # lr * lambda_0 (units of 1/lambda_0)
-    phase: str
-    loss: list                 # training loss at steps 0..T (T may be shorter when diverged)
-    lambda_steps: list
-    lambdas: list              # NTK top eigenvalue at lambda_steps (CONVENTION)
+    phase: str                 # lazy | catapult | divergent
+    loss: list[float]          # training loss at steps 0..T (T may be shorter when diverged)
+    lambda_steps: list[int]
+    lambdas: list[float]       # NTK top eigenvalue at lambda_steps (CONVENTION)
     final_lambda: float | None
     final_lambda_below_2_over_lr: bool | None
     max_loss_ratio: float      # max_t L_t / L_0
@@ -93,26 +93,25 @@ class WidthPhases(Result):
 
     width: int
     lambda0: float
-    critical_lr: float               # 2 / lambda_0
-    lazy_catapult_boundary: float | None   # lr*lambda_0 midway between last lazy and first catapult run
-    max_stable_lr: float | None      # largest lr*lambda_0 that did not diverge
-    first_divergent_lr: float | None  # smallest lr*lambda_0 that diverged
-    eta_max: float | None             # midpoint of the two above (None if no run diverged)
-    runs: list = field(default_factory=list)
+    critical_lr: float                      # 2 / lambda_0
+    lazy_catapult_boundary: float | None    # lr*lambda_0 midway between last lazy and first catapult run
+    max_stable_lr: float | None             # largest lr*lambda_0 that did not diverge
+    first_divergent_lr: float | None        # smallest lr*lambda_0 that diverged
+    eta_max: float | None                   # midpoint of the two above (None if no run diverged)
+    runs: list[PhaseRun] = field(default_factory=list)
 
 
 @dataclass
 class LRPhaseResult(Result):
     """Learning-rate phase diagram across widths."""
 
-    widths: list
-    lrs_units: list            # grid in units of 2/lambda_0
+    widths: list[int]
+    lrs: list[float]           # grid in units of 2/lambda_0
     steps: int
     loss: str
     n_train: int
-    per_width: list            # [WidthPhases]
+    per_width: list[WidthPhases]
     convention: str = CONVENTION
-    notes: str = ""
 
 
 def _boundaries(runs: list[PhaseRun]):
@@ -131,9 +130,10 @@ def _boundaries(runs: list[PhaseRun]):
     return lc, mx, fd, eta
 
 
-def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs_units: Sequence[float], steps: int, *,
+def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float], steps: int, *,
              loss: str = "mse", lr_scales=None, x_test=None, y_test=None, lambda_every: int = 0,
-             lambda_steps: int = 0, width: int = 0, rise_tol: float = 0.01, track_tol: float = 1e-3, progress=None) -> WidthPhases:
+             lambda_steps: int = 0, width: int = 0, rise_tol: float = 0.01, track_tol: float = 1e-3,
+             progress=None) -> WidthPhases:
     """Train copies of ``model`` by full-batch GD on (x, y) at lr = c * 2/lambda_0 for each c.
 
     ``lambda_every``/``lambda_steps``: measure the NTK top eigenvalue every ``lambda_every`` steps
@@ -145,7 +145,7 @@ def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs_units: Sequ
         raise WidthkitError(f"the NTK top eigenvalue at init is {lam0}; the model's output does not depend "
                             "on its trainable parameters")
     runs = []
-    for c in lrs_units:
+    for c in lrs:
         lr = float(c) * 2.0 / lam0
         m = copy.deepcopy(model)
         gd = GD(m, loss, lr_scales)

@@ -100,13 +100,13 @@ class HessianOperator:
 class HessianEigs(Result):
     """Top-k Hessian eigenvalues (descending). ``eigenvectors`` [P, k] are kept out of the JSON."""
 
-    eigenvalues: list
+    eigenvalues: list[float]
     k: int
     num_params: int
     iterations: int
     max_residual: float
     scaled: bool
-    eigenvectors: torch.Tensor = field(default=None, repr=False)
+    eigenvectors: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -164,8 +164,8 @@ class GradientOverlap(Result):
     random_overlap_sq: float
     random_expected: float
     grad_norm: float
-    eigenvalues: list
-    eigenvectors: torch.Tensor = field(default=None, repr=False)
+    eigenvalues: list[float]
+    eigenvectors: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         d = super().to_dict()

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..engine import member_losses
 from ..errors import unknown
 
 LOSSES = ("mse", "xent")
@@ -22,7 +23,6 @@ def get_loss(loss: str | LossFn) -> LossFn:
         return loss
     if loss not in LOSSES:
         raise unknown("loss", loss, LOSSES)
-    from ..engine import member_losses
 
     def fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = out.reshape(out.shape[0], -1)

@@ -25,7 +25,7 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from ..errors import WidthkitError, unknown
 from ..results import Result
-from ._func import batch_coupled, check_scales, num_params, output_fn, trainable
+from ._func import batch_coupled, check_scales, output_fn, trainable
 from .lanczos import lanczos
 
 CONVENTION = ("lambda = lambda_max(H^1/2 Theta H^1/2 / m); Theta = sum_p lr_scale_p J_p J_p^T is the full "
@@ -150,7 +150,7 @@ class NTKEigen(Result):
     """Top NTK eigenvalue(s) and the learning rate at which linearized GD loses stability."""
 
     eigenvalue: float          # lambda_0 in the convention below
-    eigenvalues: list          # top-k, descending
+    eigenvalues: list[float]   # top-k, descending
     critical_lr: float         # 2 / eigenvalue
     n_examples: int
     n_outputs: int

@@ -9,24 +9,24 @@ exponents may deviate (Aitken & Gur-Ari 2020).
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import jvp, vjp
 
+from ..errors import WidthkitError
+from ..fitting import LineFit, fit_power_law
+from ..ladder import load_recipe_task
+from ..progress import bar
 from ..results import Result
 from ._func import check_scales, output_fn, trainable
 from .losses import get_loss
-from .ntk import ntk
+from .ntk import ntk, ntk_top_eigenvalue
+from ..recipe import resolve_recipe
+from .setup import check_widths, member, subset, with_param
 from .train import GD
-
-NOTE = ("Prediction (Dyer & Gur-Ari 2019, NTK parameterization): kernel change and |f - f_lin| ~ 1/n at fixed "
-        "training time. The derivation assumes an analytic activation; ReLU is not analytic and its exponents "
-        "may deviate (Aitken & Gur-Ari 2020, arXiv 2006.06687). muP is a feature-learning parameterization: "
-        "its kernel change does not vanish with width.")
-
 
 class Linearized:
     """Gradient descent on the first-order Taylor model of ``model`` around its current parameters."""
@@ -74,11 +74,11 @@ class KernelTrajectory(Result):
     seed: int
     lr: float
     lambda0: float
-    steps: list
-    kernel_change: list        # ||Theta_t - Theta_0||_F / ||Theta_0||_F on the probe inputs (full kernel)
-    lin_gap: list              # RMS over probe outputs of f_t - f_t^lin
-    train_loss: list
-    lin_train_loss: list
+    steps: list[int]
+    kernel_change: list[float]     # ||Theta_t - Theta_0||_F / ||Theta_0||_F on the probe inputs (full kernel)
+    lin_gap: list[float]           # RMS over probe outputs of f_t - f_t^lin
+    train_loss: list[float]
+    lin_train_loss: list[float]
     num_params: int = 0
 
 
@@ -116,83 +116,65 @@ def track_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: floa
 
 
 @dataclass
-class ScalingFit(Result):
-    """Power-law exponent in width of one quantity at the final step, for one parameterization."""
+class ScalingFit(LineFit):
+    """Power law in width of one quantity at the final step, for one parameterization: the line fitted to
+    (log width, log value), ``slope`` being the exponent."""
 
     param: str
     quantity: str              # kernel_change | lin_gap
-    slope: float
-    slope_err: float
-    intercept: float
-    widths: list
-    values: list               # mean over seeds per width
-    errors: list               # std error over seeds (None with one seed)
+    widths: list[int]
+    values: list[float]        # mean over seeds per width
+    errors: list[float]        # standard error over seeds (NaN with one seed)
 
 
 @dataclass
 class NTKScalingResult(Result):
     """Kernel motion and linearization gap versus width, per parameterization."""
 
-    widths: list
-    params: list
+    widths: list[int]
+    params: list[str]
     steps: int
     lr_units: float            # lr = lr_units * 2 / lambda_0 at each width (CONVENTION of .ntk)
     n_train: int
     n_probe: int
     loss: str
     activation: str
-    fits: list                 # [ScalingFit]
-    trajectories: list         # [KernelTrajectory]
-    note: str = NOTE
+    fits: list[ScalingFit]
+    trajectories: list[KernelTrajectory]
 
 
 def _fit(param, quantity, trajs) -> ScalingFit:
-    import numpy as np
-    from ..fitting import fit_power_law
     ws = sorted({t.width for t in trajs})
     vals, errs = [], []
     for w in ws:
         v = np.array([getattr(t, quantity)[-1] for t in trajs if t.width == w], float)
         vals.append(float(v.mean()))
-        errs.append(float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
-    sigma = None if any(e is None for e in errs) else errs
-    f = fit_power_law(ws, vals, sigma)
-    return ScalingFit(param, quantity, f.slope, f.slope_err, f.intercept, ws, vals, errs)
+        errs.append(float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"))
+    sigma = None if np.isnan(errs).any() else errs
+    return ScalingFit(**asdict(fit_power_law(ws, vals, sigma)), param=param, quantity=quantity, widths=ws,
+                      values=vals, errors=errs)
 
 
-def ntk_scaling(recipe, widths=None, params=None, *, steps: int | None = None, every: int | None = None,
-                seeds: int | None = None, n_train: int | None = None, n_probe: int | None = None,
-                lr_units: float | None = None, overrides: list[str] | None = None) -> NTKScalingResult:
+def ntk_scaling(recipe, *, widths, params, steps: int, every: int, seeds: int, n_train: int, n_probe: int,
+                lr_units: float) -> NTKScalingResult:
     """For each parameterization and width: full-batch GD on the first ``n_train`` examples at
     lr = lr_units * 2/lambda_0, tracking the kernel change and |f - f_lin| on ``n_probe`` inputs;
-    then fit the final-step values as power laws in width (slope +- standard error)."""
-    from ..errors import WidthkitError, unknown
-    from ..ladder import load_recipe_task
-    from ..progress import bar
-    from .ntk import ntk_top_eigenvalue
-    from ..recipe import resolve_recipe
-    from .setup import check_widths, member, options, subset
-    r = resolve_recipe(recipe, overrides)
-    opt = options(r)
+    then fit the final-step values as power laws in width (slope +- standard error).
+
+    ``widths``/``params`` empty: the recipe's; ``every`` 0: steps/6; seeds 0..``seeds``-1 per width.
+    """
+    r = resolve_recipe(recipe)
     task = load_recipe_task(r)
     widths = check_widths(widths or r.model.widths)
-    params = list(params or opt.params or [r.param.kind])
-    for p in params:
-        if p not in ("sp", "ntk", "mup"):
-            raise unknown("parameterization", p, ("sp", "ntk", "mup"))
-    steps = int(steps or opt.steps or 30)
-    every = int(every or opt.every or max(steps // 6, 1))
-    seeds = int(seeds or opt.seeds)
-    lr_units = float(lr_units or opt.lr_units)
+    recipes = {p: with_param(r, p) for p in params or [r.param.kind]}
+    every = int(every or max(steps // 6, 1))
     if not 0 < lr_units < 1:
         raise WidthkitError(f"lr_units={lr_units} must be in (0, 1): larger learning rates leave the lazy phase")
-    x, y = subset(task, n_train or opt.n_train)
-    xp = x[:int(n_probe or opt.n_probe)]
+    x, y = subset(task, n_train)
+    xp = x[:n_probe]
     trajs, fits = [], []
-    with bar("ntk-scaling", len(params) * len(widths) * seeds) as b:
-        for p in params:
-            rp = copy.deepcopy(r)
-            rp.param.kind = p
+    with bar("ntk-scaling", len(recipes) * len(widths) * seeds) as b:
+        for p, rp in recipes.items():
             pt = []
             for w in widths:
                 for s in range(seeds):
@@ -204,5 +186,5 @@ def ntk_scaling(recipe, widths=None, params=None, *, steps: int | None = None, e
                     b.advance()
             trajs += pt
             fits += [_fit(p, "kernel_change", pt), _fit(p, "lin_gap", pt)]
-    return NTKScalingResult(widths, params, steps, lr_units, int(x.shape[0]), int(xp.shape[0]), r.train.loss,
+    return NTKScalingResult(widths, list(recipes), steps, lr_units, int(x.shape[0]), int(xp.shape[0]), r.train.loss,
                             str(r.model.kwargs.get("activation", "relu")), fits, trajs)

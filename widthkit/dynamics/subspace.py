@@ -15,17 +15,22 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import WidthkitError
+from ..ladder import load_recipe_task
 from ..progress import bar
 from ..results import Result
 from .hessian import gradient_overlap, hessian_top_eigs, subspace_stability
 from ..recipe import resolve_recipe
-from .setup import member, options, subset
+from .setup import member, subset
 from .train import GD, evaluate
 
 
 @dataclass
 class SubspaceTrack(Result):
-    """Overlap of the gradient with the top-k Hessian eigenspace over training (one member)."""
+    """Overlap of the gradient with the top-k Hessian eigenspace over plain SGD (one member).
+
+    SGD at the recipe lr (momentum and schedule ignored) with the parameterization's lr scales; the
+    Hessian and the gradient are those of the first ``hessian_batch`` training examples.
+    """
 
     width: int
     seed: int
@@ -34,31 +39,34 @@ class SubspaceTrack(Result):
     lr: float
     batch_size: int
     hessian_batch: int
-    steps: list
-    overlap_sq: list           # ||P_k g||^2 / ||g||^2 (Gur-Ari et al. 2018)
-    overlap: list              # ||P_k g|| / ||g||
-    random_overlap_sq: list    # same fraction for a random k-dim subspace
-    random_expected: float     # k / P
-    top_eigenvalues: list      # [T][k]
-    stability_prev: list       # (1/k) sum_i ||P_k(t) v_i(t_prev)||^2 (None at the first step)
-    stability_final: list      # against the final top subspace
-    train_loss: list           # loss on the Hessian batch
-    test_acc: list
-    notes: str = ""
+    steps: list[int]
+    overlap_sq: list[float]             # ||P_k g||^2 / ||g||^2 (Gur-Ari et al. 2018)
+    overlap: list[float]                # ||P_k g|| / ||g||
+    random_overlap_sq: list[float]      # same fraction for a random k-dim subspace
+    random_expected: float              # k / P
+    top_eigenvalues: list[list[float]]  # [T][k]
+    stability_prev: list[float | None]  # (1/k) sum_i ||P_k(t) v_i(t_prev)||^2 (None at the first step)
+    stability_final: list[float]        # against the final top subspace
+    train_loss: list[float]             # loss on the Hessian batch
+    test_acc: list[float]
 
 
 @dataclass
 class ProjectedSGD(Result):
-    """Loss curves of plain, top-only and bulk-only SGD from one init (Song, Ahn & Yun 2024)."""
+    """Loss curves of plain, top-only and bulk-only SGD from one init (Song, Ahn & Yun 2024).
+
+    top-only: the gradient projected on the top-k eigenspace of the Hessian on the first
+    ``hessian_batch`` training examples, refreshed every ``refresh`` steps; bulk-only: that component removed.
+    """
 
     width: int
     k: int
     lr: float
     refresh: int
-    steps: list
-    train_loss: dict = field(default_factory=dict)   # variant -> [T]
-    test_acc: dict = field(default_factory=dict)
-    notes: str = ""
+    hessian_batch: int
+    steps: list[int]
+    train_loss: dict[str, list[float]] = field(default_factory=dict)   # variant -> [T]
+    test_acc: dict[str, list[float]] = field(default_factory=dict)
 
 
 class _Batches:
@@ -75,32 +83,32 @@ class _Batches:
         return self.x[idx], self.y[idx]
 
 
-def _setup(recipe, width, seed, steps, every, k, hessian_batch, overrides):
-    from ..ladder import load_recipe_task
-    r = resolve_recipe(recipe, overrides)
-    opt = options(r)
+def _setup(recipe, width: int, seed: int, steps: int, every: int, k: int):
+    """The recipe, task, resolved width/steps/k/every (0 = derived), member and its lr scales."""
+    r = resolve_recipe(recipe)
     task = load_recipe_task(r)
-    if task.kind != "classification" and not k and not opt.k:
-        raise WidthkitError("k defaults to the number of classes; set dynamics.k for a regression task")
-    width = int(width or min(r.model.widths))
-    steps = int(steps or opt.steps or r.train.steps)
-    k = int(k or opt.k or task.num_classes)
-    hb = int(hessian_batch or opt.hessian_batch)
-    every = int(every or opt.every or max(steps // 20, 1))
-    model, scales = member(r, width, seed, task, torch.float32)
+    if task.kind != "classification" and not k:
+        raise WidthkitError("k=0 means the number of classes; give k for a regression task")
     if r.optim.name != "sgd":
-        raise WidthkitError(f"subspace experiments use SGD; this recipe uses optim.name='{r.optim.name}'. "
-                            "Override with --set optim.name=sgd")
-    return r, opt, task, width, steps, k, hb, every, model, scales
+        raise WidthkitError(f"subspace experiments use SGD; this recipe uses optim.name='{r.optim.name}'; "
+                            "set optim.name = \"sgd\" in the recipe")
+    width = int(width or min(r.model.widths))
+    steps = int(steps or r.train.steps)
+    k = int(k or task.num_classes)
+    every = int(every or max(steps // 20, 1))
+    model, scales = member(r, width, seed, task, torch.float32)
+    return r, task, width, steps, k, every, model, scales
 
 
-def track_subspace(recipe, width: int | None = None, seed: int = 0, *, steps: int | None = None,
-                   every: int | None = None, k: int | None = None, hessian_batch: int | None = None,
-                   overrides: list[str] | None = None) -> SubspaceTrack:
-    """Train one member with plain SGD (recipe lr, batch size, lr scales) and track the overlap."""
-    r, opt, task, width, steps, k, hb, every, model, scales = _setup(
-        recipe, width, seed, steps, every, k, hessian_batch, overrides)
-    xh, yh = subset(task, hb)
+def track_subspace(recipe, *, width: int, seed: int, steps: int, every: int, k: int,
+                   hessian_batch: int) -> SubspaceTrack:
+    """Train one member with plain SGD (recipe lr, batch size, lr scales) and track the overlap.
+
+    ``width`` 0: the recipe's narrowest; ``steps`` 0: ``train.steps``; ``every`` 0: steps/20; ``k`` 0:
+    the number of classes.  Hessian and gradient on the first ``hessian_batch`` training examples.
+    """
+    r, task, width, steps, k, every, model, scales = _setup(recipe, width, seed, steps, every, k)
+    xh, yh = subset(task, hessian_batch)
     gd = GD(model, r.train.loss, scales)
     batches = _Batches(task.x_train, task.y_train, r.data.batch_size, seed)
     rec = {key: [] for key in ("steps", "overlap_sq", "overlap", "random_overlap_sq", "top_eigenvalues",
@@ -125,24 +133,17 @@ def track_subspace(recipe, width: int | None = None, seed: int = 0, *, steps: in
                 b.advance()
     stab_prev = [None] + [subspace_stability(Vs[i - 1], Vs[i]) for i in range(1, len(Vs))]
     stab_final = [subspace_stability(V, Vs[-1]) for V in Vs]
-    notes = (f"plain SGD at the recipe lr ({r.optim.name}, momentum and schedule ignored) with the "
-             f"parameterization's lr scales; Hessian and gradient on the first {xh.shape[0]} training examples")
     return SubspaceTrack(width, seed, k, P, r.optim.lr, batches.bs, int(xh.shape[0]), random_expected=k / P,
-                         stability_prev=stab_prev, stability_final=stab_final, notes=notes, **rec)
+                         stability_prev=stab_prev, stability_final=stab_final, **rec)
 
 
-def projected_sgd(recipe, width: int | None = None, seed: int = 0, *, steps: int | None = None,
-                  every: int | None = None, k: int | None = None, hessian_batch: int | None = None,
-                  refresh: int | None = None, overrides: list[str] | None = None) -> ProjectedSGD:
-    """Plain vs top-only vs bulk-only SGD from the same init; the top-k eigenspace (of the Hessian on a
-    fixed batch) is recomputed every ``refresh`` steps, warm-started from the previous one."""
-    r, opt, task, width, steps, k, hb, every, model0, scales = _setup(
-        recipe, width, seed, steps, every, k, hessian_batch, overrides)
-    refresh = int(refresh or opt.refresh)
-    xh, yh = subset(task, hb)
-    out = ProjectedSGD(width, k, r.optim.lr, refresh, [], notes=(
-        "top-only: gradient projected on the top-k Hessian eigenspace; bulk-only: that component removed; "
-        f"eigenspace of the Hessian on the first {xh.shape[0]} training examples, refreshed every {refresh} steps"))
+def projected_sgd(recipe, *, width: int, seed: int, steps: int, every: int, k: int, hessian_batch: int,
+                  refresh: int) -> ProjectedSGD:
+    """Plain vs top-only vs bulk-only SGD from the same init (arguments as :func:`track_subspace`); the
+    top-k eigenspace (of the Hessian on a fixed batch) is recomputed every ``refresh`` steps."""
+    r, task, width, steps, k, every, model0, scales = _setup(recipe, width, seed, steps, every, k)
+    xh, yh = subset(task, hessian_batch)
+    out = ProjectedSGD(width, k, r.optim.lr, refresh, int(xh.shape[0]), [])
     variants = ("sgd", "top-only", "bulk-only")
     with bar("projected-sgd", steps * len(variants)) as b:
         for v in variants:

@@ -58,8 +58,9 @@ def test_contract_round_trip(name, tiny_run_path, tmp_path, capsys):
     out = capsys.readouterr().out
     for b in blocks:
         for t in b.tables:
-            assert t.caption.split(":")[0][:30] in out
+            assert t.caption in out
             assert all(len(r) == len(t.columns) for r in t.rows)
+        assert all(line in out for line in b.lines)
     page = _Html(tmp_path / "report.html")
     for b in blocks:
         page.block(b)

@@ -108,7 +108,7 @@ def test_infinite_ensemble_recovers_mean_predictor_loss_mse():
     y = mu + 0.5 * rng.standard_normal((n, C))
     true = 0.5 * np.mean(np.sum((mu - y) ** 2, 1))          # loss of the infinite ensemble
     out = _members(rng, mu, E, 16)                            # variance 0.25 per coordinate
-    inf = eb.infinite_ensemble(out, y, "mse", subsets=32)
+    inf = eb.infinite_ensemble(out, y, "mse", n_subsets=32)
     assert abs(inf.l_inf - true) < 3 * inf.l_inf_err + 1e-3
     assert inf.l_inf_err < 0.02
     # slope of the 1/K line is 0.5 * C * variance
@@ -125,7 +125,7 @@ def test_infinite_ensemble_xent_approaches_mean_logit_loss():
     y = np.array([rng.choice(4, p=np.exp(m) / np.exp(m).sum()) for m in mu])
     true = eb.loss_and_error(mu, y, "xent")[0]
     out = _members(rng, mu, 8, 64, scale=4.0)                 # logit std 0.5
-    inf = eb.infinite_ensemble(out, y, "xent", subsets=32)
+    inf = eb.infinite_ensemble(out, y, "xent", n_subsets=32)
     assert inf.curve.loss[0] > true + 0.05                    # single members are clearly worse
     assert abs(inf.l_inf - true) < max(3 * inf.l_inf_err, 0.01)
 

@@ -102,3 +102,18 @@ def test_graph_sees_module_level_imports_only():
 def test_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_library_never_imports_the_cli():
+    """Only ``widthkit.cli`` and ``widthkit.commands.*`` import ``widthkit.commands`` (at any depth)."""
+    mods = _modules()
+    offenders = []
+    for mod, path in mods.items():
+        if mod == "widthkit.cli" or mod.startswith("widthkit.commands"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [("." * node.level) + (node.module or "")] if isinstance(node, ast.ImportFrom) else []
+            if any("commands" in n.split(".") or n.lstrip(".").startswith("commands") for n in names):
+                offenders.append(mod)
+    assert not offenders, offenders

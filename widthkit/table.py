@@ -17,13 +17,15 @@ def console() -> Console:
 
 def print_table(title: str, columns: list[str], rows: list[list], lines=()) -> None:
     """A table on stdout (numbers formatted by :func:`widthkit.fmt.cell`), then its reading lines."""
-    t = RichTable(title=title, title_justify="left")
+    t = RichTable()
     for c in columns:
         t.add_column(str(c), justify="left" if c in ("strategy", "point", "analysis", "output", "layer") else "right")
     for r in rows:
         t.add_row(*[c.text if hasattr(c, "path") else fmt.cell(c) for c in r])
     con = console()
-    con.print(t)
+    con.print(title, highlight=False, soft_wrap=True, style="italic")
+    if columns:
+        con.print(t)
     for line in lines:
         con.print(line, highlight=False, soft_wrap=True)
 

@@ -168,14 +168,14 @@ def test_find_recipe_by_name_anywhere(tmp_path, monkeypatch):
 def test_unknown_recipe_is_one_line_with_the_shipped_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("quikstart", "recipes/quickstart.toml"):  # a README path outside the checkout
-        with pytest.raises(WidthkitError) as e:
+        with pytest.raises(FileNotFoundError) as e:
             find_recipe(name)
         msg = str(e.value)
-        assert "\n" not in msg
+        assert isinstance(e.value, DataNotFoundError) and "\n" not in msg
         assert msg.startswith(f"recipe '{name}' not found (did you mean 'quickstart'?); ")
         assert ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml"))) in msg
     (tmp_path / "bad.toml").write_text("name = \n")
-    with pytest.raises(WidthkitError, match="^recipe file 'bad.toml' is not valid TOML"):
+    with pytest.raises(RecipeError, match="^recipe file 'bad.toml' is not valid TOML"):
         read_recipe_file("bad.toml")
 
 

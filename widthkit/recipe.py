@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import WidthkitError, did_you_mean
+from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
 
 ANALYSIS_SECTIONS = ("transfer", "atlas", "dynamics", "ensemble_bias", "study")
 
@@ -358,8 +358,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
     stem = path.name.removesuffix(".toml")
     if path.name == str(name_or_path) and stem in names:
         return shipped / f"{stem}.toml"
-    raise WidthkitError(f"recipe '{name_or_path}' not found{did_you_mean(stem, names)}; pass a TOML file "
-                        f"or the name of a shipped recipe: {', '.join(names)}")
+    raise DataNotFoundError(f"recipe '{name_or_path}' not found{did_you_mean(stem, names)}; pass a TOML file "
+                            f"or the name of a shipped recipe: {', '.join(names)}")
 
 
 def read_recipe_file(name_or_path: str | Path) -> tuple[str, dict]:
@@ -369,7 +369,7 @@ def read_recipe_file(name_or_path: str | Path) -> tuple[str, dict]:
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise WidthkitError(f"recipe file '{path}' is not valid TOML: {e}") from None
+        raise RecipeError(f"recipe file '{path}' is not valid TOML: {e}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -10,6 +10,7 @@ import dataclasses
 import html
 import json
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,9 @@ EXPECTED = {"ensemble-bias", "transfer", "atlas", "atlas-width", "lr-phase", "su
 
 @pytest.fixture(scope="module")
 def tiny_run_path(tmp_path_factory):
-    return _train_tiny(tmp_path_factory)
+    """A private copy of the shared tiny ladder: analyses here write caches the other tests count."""
+    import shutil
+    return Path(shutil.copytree(_train_tiny(tmp_path_factory), tmp_path_factory.mktemp("contract") / "run"))
 
 
 def test_registry_lists_every_analysis_once():

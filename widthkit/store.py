@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .build import build_architecture, load_recipe_task
 from .data import Task
@@ -57,7 +58,6 @@ def versions() -> dict[str, str]:
     """Versions of everything that changes results, recorded in every output."""
     import timm
 
-    from . import __version__
     return {"widthkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
 

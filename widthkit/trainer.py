@@ -24,6 +24,7 @@ from torch import nn
 from .atomic import atomic_path
 from .data import Task
 from .engine import Ensemble, lr_at, member_losses
+from .errors import WidthkitError
 from .param import ParamTable
 from .progress import bar, info
 from .recipe import Recipe
@@ -35,7 +36,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import WidthkitError
         raise WidthkitError(f"train.device is '{name}' but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
     return dev
 

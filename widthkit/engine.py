@@ -121,7 +121,8 @@ class Ensemble:
         self._net, self._dropouts = _member_dropouts(self.template)
         self.noise_seeds = list(range(len(members))) if noise_seeds is None else list(noise_seeds)
         if len(self.noise_seeds) != len(members):
-            raise ValueError(f"noise_seeds has {len(self.noise_seeds)} entries for {len(members)} members")
+            raise WidthkitError(f"noise_seeds has {len(self.noise_seeds)} entries for {len(members)} members; "
+                                "give one per member")
         self._generators = [torch.Generator(self.device) for _ in members] if self._dropouts else []
         self._mask_sizes: dict[tuple, list[list[int]]] = {}
         params, buffers = stack_module_state([m.to(self.device) for m in members])

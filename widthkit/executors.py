@@ -11,6 +11,7 @@ so it stops the whole run at once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import time
@@ -144,8 +145,6 @@ class RayExecutor:
     # ------------------------------------------------------------ cluster
     def _connect(self) -> None:
         """Initialize Ray unless it already is (in this process, e.g. by the user)."""
-        import logging
-
         import ray
         if ray.is_initialized():
             return

@@ -29,6 +29,7 @@ a one-line :class:`WidthkitError` that names it and the fix.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import platform
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
 from .atomic import atomic_path, atomic_write_text
 from .build import build_architecture, load_recipe_task
 from .data import Task
@@ -56,7 +58,6 @@ def versions() -> dict[str, str]:
     """Versions of everything that changes results, recorded in every output."""
     import timm
 
-    from . import __version__
     return {"widthkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
 
@@ -404,9 +405,6 @@ class RunPoint:
         return f"RunPoint('{self.path}'{key}, widths={self.widths})"
 
 
-_POINT_API = frozenset(n for n in vars(RunPoint) if not n.startswith("_"))
-
-
 class Run:
     """A trained width ladder: a run directory, its index and its grid points (read-only).
 
@@ -415,6 +413,9 @@ class Run:
     itself (``run.widths``, ``run.metrics(w)``, ``run.load_member(w, s)``, ...); a sweep
     asks to select a point first.
     """
+
+    path: Path    # the run directory
+    index: dict   # its index.json
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -446,18 +447,30 @@ class Run:
             self._views[point] = RunPoint(self, point)
         return self._views[point]
 
-    def __getattr__(self, name: str):
-        if name not in _POINT_API:
-            raise AttributeError(f"'Run' object has no attribute '{name}'")
+    def _only(self) -> RunPoint:
+        """The view of a single-point run; a sweep raises, naming its points."""
         if len(self.points) != 1:
             raise WidthkitError(f"run '{self.path}' has {len(self.points)} grid points; choose one with "
                                 f"run.select(...) or --point (points: {', '.join(self.points)})")
-        return getattr(self.select(0), name)
+        return self.select(0)
 
     def __repr__(self) -> str:
         if len(self.points) == 1:
             return f"Run('{self.path}', widths={self.select(0).widths})"
         return f"Run('{self.path}', points={len(self.points)})"
+
+
+def _delegate(name: str):
+    """Run.<name>: the same attribute of the only point (a class attribute, so it can be inspected and patched)."""
+    attr = vars(RunPoint)[name]
+    if isinstance(attr, (property, cached_property)):
+        return property(lambda self: getattr(self._only(), name), doc=attr.__doc__)
+    return functools.wraps(attr)(lambda self, *args, **kwargs: getattr(self._only(), name)(*args, **kwargs))
+
+
+for _name in sorted(n for n in vars(RunPoint) if not n.startswith("_") and n not in vars(Run)
+                    and n not in Run.__annotations__):
+    setattr(Run, _name, _delegate(_name))
 
 
 def analysable_widths(run) -> list[int]:

@@ -24,6 +24,7 @@ from torch import nn
 from .atomic import atomic_path
 from .data import Task
 from .engine import Ensemble, lr_at, member_losses
+from .errors import WidthkitError
 from .param import ParamTable
 from .progress import bar, info
 from .recipe import Recipe
@@ -35,7 +36,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import WidthkitError
         raise WidthkitError(f"train.device is '{name}' but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
     return dev
 
@@ -216,8 +216,10 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     else:
         cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
+    budget = {} if not recipe.train.memory_budget_mb else {
+        "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
     if len(sizes) * len(thread_options) == 1:
-        return {"strategy": _strategy_name(sizes[0], n)}
+        return {"strategy": _strategy_name(sizes[0], n), **budget}
     x0, y0 = batches(0)
     timings = {}
     try:
@@ -241,12 +243,8 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     finally:
         torch.set_num_threads(max_threads)
     best_k, best_threads = min(timings, key=timings.get)
-    record = {"strategy": _strategy_name(best_k, n), "threads": best_threads,
-              "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}}
-    if recipe.train.memory_budget_mb:
-        record.update(memory_budget_mb=recipe.train.memory_budget_mb,
-                      activation_mb_per_member=round(per_member_mb, 3))
-    return record
+    return {"strategy": _strategy_name(best_k, n), "threads": best_threads,
+            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}, **budget}
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,

@@ -272,7 +272,7 @@ def write_report(run, out: str | Path | None = None) -> Path:
         blocks, warn = analysis_blocks(v)
         warnings += [tag + w for w in warn]
         for b in blocks:
-            b.id = "analysis-" + b.id + suffix
+            b.id = b.id + suffix
             b.title = tag + b.title
         sections.append((res, blocks))
         headlines += [tag + x for x in res.lines[:1]] + [tag + b.lines[0] for b in blocks if b.lines]

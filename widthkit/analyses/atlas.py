@@ -99,6 +99,7 @@ def _members(view, o: AtlasOptions) -> tuple[list[int], int]:
 @register_analysis
 class Atlas(Analysis):
     name = "atlas"
+    order = 30
     help = "activation atlases (UMAP grid of feature-visualized cell directions) of ladder members"
     Options = AtlasOptions
     Result = AtlasRunResult

@@ -77,6 +77,7 @@ def plot_atlas_width(res: AtlasWidthResult, folder: Path, path: Path) -> Path:
 @register_analysis
 class AtlasWidth(Analysis):
     name = "atlas-width"
+    order = 35
     help = "activation atlases of one layer across widths, with the per-width neuron-vs-group probe"
     Options = AtlasWidthOptions
     Result = AtlasWidthResult

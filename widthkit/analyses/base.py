@@ -110,6 +110,7 @@ class Analysis:
     Result: ClassVar[type[Result]]
     needs: ClassVar[str] = "run"
     in_study: ClassVar[bool] = True     # `widthkit study` runs it unless [study] skip names it
+    order: ClassVar[int] = 100          # place in `list_analyses()`, so in the study, report and CLI help
     smoke: ClassVar[dict] = {}          # options that run it in seconds on a tiny run (the contract test uses them)
 
     @property
@@ -197,9 +198,9 @@ def _discover() -> None:
 
 
 def list_analyses() -> list[str]:
-    """Names of every registered analysis, in registration order (the order `study` runs them)."""
+    """Names of every registered analysis, by ``order`` then name (the order `study` runs and reports them)."""
     _discover()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
 
 
 def get_analysis(name: str) -> Analysis:

@@ -51,6 +51,7 @@ def _change(p: ParamCoords) -> str:
 @register_analysis
 class CoordCheck(Analysis):
     name = "coord-check"
+    order = 70
     help = "coordinate check: per-layer activation sizes after a few steps, flat across width under muP"
     Options = CoordCheckOptions
     Result = CoordCheckResult

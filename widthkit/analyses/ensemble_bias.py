@@ -643,6 +643,7 @@ class EnsembleBiasOptions:
 @register_analysis
 class EnsembleBias(Analysis):
     name = "ensemble-bias"
+    order = 10
     help = "narrow ensembles vs one wide net: output variance ~ 1/width, bias of narrower width, agreement"
     Options = EnsembleBiasOptions
     Result = EnsembleBiasResult

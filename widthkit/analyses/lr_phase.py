@@ -43,6 +43,7 @@ class LRPhaseOptions:
 @register_analysis
 class LRPhase(Analysis):
     name = "lr-phase"
+    order = 40
     help = "learning-rate phase diagram (lazy / catapult / divergent) in units of 2/lambda_0, per width"
     Options = LRPhaseOptions
     Result = LRPhaseResult

@@ -43,6 +43,7 @@ class NTKScalingOptions:
 @register_analysis
 class NTKScaling(Analysis):
     name = "ntk-scaling"
+    order = 60
     help = "||Theta_t - Theta_0||/||Theta_0|| and |f - f_lin| vs width in NTK / muP, with power-law fits"
     Options = NTKScalingOptions
     Result = NTKScalingResult

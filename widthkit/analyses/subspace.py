@@ -46,6 +46,7 @@ class SubspaceResult(Result):
 @register_analysis
 class Subspace(Analysis):
     name = "subspace"
+    order = 50
     help = "overlap of the gradient with the top-k Hessian eigenspace over training (and projected SGD)"
     Options = SubspaceOptions
     Result = SubspaceResult

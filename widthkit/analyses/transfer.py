@@ -403,6 +403,7 @@ def plot_bench(results: list, path) -> Path:
 @register_analysis
 class Transfer(Analysis):
     name = "transfer"
+    order = 20
     help = "last-layer transfer to a new task per width and seed (Gilboa & Gur-Ari 2019), plus information probes"
     Options = TransferOptions
     Result = TransferResult

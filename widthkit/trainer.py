@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import grid, snapshots
 from .atomic import atomic_path
 from .data import Task
 from .engine import Ensemble, lr_at, member_losses
@@ -56,9 +57,10 @@ def steps_per_epoch(recipe: Recipe, task: Task) -> int:
 
 
 def eval_steps(recipe: Recipe, total: int) -> list[int]:
-    """Steps after which members are evaluated: 0, every ``eval_every``, and the last."""
-    steps = list(range(0, total, recipe.train.eval_every)) + [total]
-    return sorted(set(steps))
+    """Steps at which members are evaluated: the ``eval_every`` grid (0 and the last included) and every
+    ``snapshots`` step (so each snapshot has its test outputs)."""
+    return sorted(set(grid.steps(recipe.train.eval_every, total, "train.eval_every"))
+                  | set(grid.steps(recipe.train.snapshots, total, "train.snapshots")))
 
 
 class Batches:
@@ -121,6 +123,8 @@ class MemberResults:
     logits: list[np.ndarray] = field(default_factory=list)      # per eval: [E, N, K]
     diverged_step: np.ndarray | None = None
     state: dict | None = None                                   # final stacked weights and buffers
+    snapshot_steps: list[int] = field(default_factory=list)     # steps of the snapshots (before the last)
+    snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: [E, ...]} (storage dtype)
 
     @staticmethod
     def concat(parts: list["MemberResults"]) -> "MemberResults":
@@ -131,6 +135,9 @@ class MemberResults:
             setattr(out, name, cat(name))
         out.diverged_step = np.concatenate([p.diverged_step for p in parts])
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
+        out.snapshot_steps = parts[0].snapshot_steps
+        out.snapshots = [{k: np.concatenate([p.snapshots[j][k] for p in parts]) for k in snap}
+                         for j, snap in enumerate(parts[0].snapshots)]
         return out
 
 
@@ -259,6 +266,7 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
+    snaps = snapshots.snapshot_steps(recipe, total)
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") \
         if ckpt_path is not None and ckpt_path.exists() else None  # CPU first: written on any node
     tables: list[ParamTable] = []
@@ -291,15 +299,17 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         torch.set_num_threads(record["threads"])
     try:
         _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
+                      device, autocast, total, evals, snaps, f"{desc} ({len(seeds)} members, {record['strategy']})")
     finally:
         torch.set_num_threads(threads_before)
     return MemberResults.concat(done), record, tables[0]
 
 
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
-                  autocast, total, evals, desc) -> None:
-    """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
+                  autocast, total, evals, snaps, desc) -> None:
+    """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``.
+
+    A snapshot (at a step of ``snaps``) is checkpointed at once, so a killed job never takes one twice."""
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
@@ -332,10 +342,15 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     res.logits.append(outs.astype(np.float32))
                     loss_sum.zero_(), acc_sum.zero_()
                     n_since = 0
+                took = step in snaps and (not res.snapshot_steps or res.snapshot_steps[-1] != step)
+                if took:
+                    res.snapshot_steps.append(step)
+                    res.snapshots.append(snapshots.take({**ens.state_dict()["params"], **ens.buffers},
+                                                        recipe.train.snapshot_dtype))
                 if step == total:
                     break
-                if ckpt_path is not None and recipe.train.checkpoint_every and step > start and \
-                        step % recipe.train.checkpoint_every == 0:
+                if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and
+                                              step % recipe.train.checkpoint_every == 0):
                     _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})

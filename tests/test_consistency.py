@@ -69,3 +69,67 @@ def test_wasserstein_and_kernel_alignment_known_answers():
     eig, power = S.kernel_alignment(K, y)
     assert eig.sum() == pytest.approx(1.0) and np.all(np.diff(eig) <= 1e-12)
     assert power[0] == pytest.approx(1.0) and power[-1] == pytest.approx(1.0)
+
+
+def test_agreement_horizon_is_the_leading_run_within_tolerance():
+    from widthkit.analyses.consistency import agreement_horizon
+    steps = [0, 1, 3, 10, 30]
+    assert agreement_horizon(steps, [0.0, 0.05, 0.2, 0.01, 0.0], 0.1) == 1  # a later return does not count
+    assert agreement_horizon(steps, [0.0] * 5, 0.1) == 30
+    assert agreement_horizon(steps, [0.5, 0.0, 0.0, 0.0, 0.0], 0.1) == -1
+    assert agreement_horizon(steps, [0.0, float("nan"), 0.0, 0.0, 0.0], 0.1) == 0
+
+
+ONLINE = """
+name = "tiny-online"
+[model]
+family = "mlp"
+widths = [8, 32]
+depth = 2
+[param]
+kind = "mup"
+[data]
+task = "teacher?dim=8&teacher_width=16&n_test=128"
+online = true
+batch_size = 64
+[train]
+loss = "mse"
+steps = 30
+seeds = 3
+eval_every = "log:5"
+snapshots = "log:4"
+[optim]
+lr = 0.05
+"""
+
+
+def test_consistency_on_a_tiny_online_run(tmp_path):
+    from widthkit.analyses.base import analyze, get_analysis
+    from widthkit.analyses.consistency import ConsistencyResult, hidden_layers
+    from widthkit.ladder import train_ladder
+    from atlases.hooks import extract_features
+    run = train_ladder(ONLINE, tmp_path / "run")
+    res = analyze("consistency", run, tmp_path / "c", n_inputs=64, hessian_examples=64, kernel_inputs=32)
+    assert res.reference_width == 32 and res.log_time and res.layers == ["fc0", "fc1"]
+    names = [m.name for m in res.measures]
+    assert names == ["test loss", "output distance (half-ensembles)", "CKA fc0", "CKA fc1",
+                     "preactivation W1 fc0", "preactivation W1 fc1", "sharpness"]
+    by = {m.name: m for m in res.measures}
+    assert by["test loss"].steps == run.logit_steps(8).tolist() and by["CKA fc0"].steps == run.snapshot_steps(8)
+    for m in res.measures:  # the widest compared with itself
+        if m.name.startswith(("test loss", "preactivation", "sharpness")):
+            assert m.until[-1] == m.steps[-1] and np.allclose(m.distance[-1], 0)
+    # CKA of width 8 with width 32 at the end, recomputed by hand over the pairs of different seeds
+    x = run.task().x_test[:64]
+    f = {(w, s): extract_features(run.load_member(w, s), x, "fc1") for w in (8, 32) for s in run.seeds}
+    hand = np.mean([S.cka(f[8, a], f[32, b]) for a in run.seeds for b in run.seeds if a != b])
+    assert by["CKA fc1"].values[0][-1] == pytest.approx(hand, rel=1e-9)
+    assert hidden_layers(run.load_member(8, 0)) == ["fc0", "fc1"]
+    assert res.edge_of_stability == pytest.approx(2 / 0.05) and all(v > 0 for v in by["sharpness"].values[0])
+    for sp in res.spectra:
+        assert len(sp.eigenvalues) == 32 and sum(sp.eigenvalues) == pytest.approx(1.0)
+        assert sp.power[-1] == pytest.approx(1.0) and np.all(np.diff(sp.power) >= -1e-12)
+    blocks = get_analysis("consistency").blocks(res, tmp_path / "c")
+    assert any(line.startswith("test loss: within 0.1 of N=32: N=8 ") for line in blocks[0].lines)
+    assert ConsistencyResult.load(tmp_path / "c" / "consistency.json").measures[2].values == by["CKA fc0"].values
+    assert (tmp_path / "c" / "consistency.png").stat().st_size > 1000

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _gram(x: np.ndarray) -> np.ndarray:
+def gram(x: np.ndarray) -> np.ndarray:
+    """The linear Gram matrix [n, n] of features ``x`` [n, ...] (flattened per input, centred over inputs)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     x = x - x.mean(0)
     return x @ x.T
@@ -44,7 +45,11 @@ def cka(x: np.ndarray, y: np.ndarray, debiased: bool = True) -> float:
     """
     if len(x) != len(y):
         raise ValueError(f"cka needs features of the same inputs; got {len(x)} and {len(y)} rows")
-    K, L = _gram(x), _gram(y)
+    return gram_cka(gram(x), gram(y), debiased)
+
+
+def gram_cka(K: np.ndarray, L: np.ndarray, debiased: bool = True) -> float:
+    """:func:`cka` from the Gram matrices of the two sides (reuse a Gram across many comparisons)."""
     den = hsic(K, K, debiased) * hsic(L, L, debiased)
     return float(hsic(K, L, debiased) / np.sqrt(den)) if den > 0 else float("nan")
 

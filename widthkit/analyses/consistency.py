@@ -3,9 +3,12 @@
 Every measure compares each width with the widest width N_max of the ladder, step by step:
 
 * test loss (mean over seeds, every evaluation step); distance |L(N) - L(N_max)| / L(N_max);
-* point-wise test outputs (every evaluation step), through the agreement of ensemble-bias
-  (pairs of different seeds; half-seed ensembles); distance: the half-ensembles' mean squared output
-  distance over the centred targets' mean square (mse), or 1 - their top-1 agreement (xent);
+* point-wise test outputs (every evaluation step): mean squared distance between outputs (per output
+  coordinate, centred logits for cross-entropy) and top-1 agreement, averaged over pairs of *different* seeds
+  (so the widest width against itself gives the seed-to-seed floor); and for ensembles, the mean output of one
+  half of the seeds at width N against the other half at N_max, averaged over random splits.  Distance: the
+  half-ensembles' mean squared output distance over the centred targets' mean square (mse), or 1 - their
+  top-1 agreement (xent);
 * representations: debiased linear CKA (:func:`widthkit.similarity.cka`) of each hidden layer with the same
   layer of N_max on ``n_inputs`` fixed test inputs, averaged over pairs of different seeds; distance 1 - CKA;
 * preactivation distributions: the 1-Wasserstein distance between the pooled (all seeds, units and inputs)
@@ -38,14 +41,14 @@ from torch import nn
 from atlases.hooks import extract_features
 
 from .. import fmt, grid
-from ..errors import WidthkitError, unknown
 from .. import similarity as S
+from ..errors import WidthkitError, unknown
 from ..plots import figure, save, time_axis, width_colors
 from ..progress import track
 from ..results import Result
 from ..store import analysable_widths
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
-from .ensemble_bias import _agreement
+from .ensemble_bias import _centred, _member_space
 
 
 @dataclass
@@ -94,10 +97,112 @@ class ConsistencyResult(Result):
     log_time: bool              # the step grid is log-spaced: plots use a log time axis
     layers: list[str]
     measures: list[Measure]
+    agreement: Agreement        # point-wise agreement in full (single members and half-ensembles)
     edge_of_stability: float    # 2(1 + momentum)/lr for SGD; NaN for Adam (no such threshold)
     kernel: str
     spectra: list[Spectrum]
     conventions: dict[str, str]
+
+
+# ----------------------------------------------------------------------------- point-wise agreement
+
+def pair_agreement(a, b, loss: str, same_members: bool) -> tuple[float, float]:
+    """Mean squared distance (per output coordinate) and top-1 agreement between the members of
+    ``a`` [E, N, C] and ``b`` [E', N, C], averaged over member pairs.
+
+    ``same_members``: ``a`` and ``b`` hold the same seeds (comparing a width with itself, or
+    seed-matched widths); then pairs of one seed with itself are left out.
+    """
+    fa, fb = _centred(a, loss), _centred(b, loss)
+    Ea, Eb = fa.shape[0], fb.shape[0]
+    C = fa.shape[-1]
+    # squared distance of every pair: |a|^2 + |b|^2 - 2 a.b, averaged over points and coordinates
+    na = (fa ** 2).sum(-1).mean(-1)
+    nb = (fb ** 2).sum(-1).mean(-1)
+    dot = np.einsum("snc,tnc->st", fa, fb) / fa.shape[1]
+    d2 = (na[:, None] + nb[None, :] - 2 * dot) / C
+    if C > 1:
+        pa = np.eye(C)[np.argmax(fa, -1)]
+        pb = np.eye(C)[np.argmax(fb, -1)]
+        agree = np.einsum("snc,tnc->st", pa, pb) / fa.shape[1]
+    else:
+        agree = np.full_like(d2, np.nan)
+    mask = np.ones((Ea, Eb), bool)
+    if same_members:
+        np.fill_diagonal(mask, False)
+    if not mask.any():
+        return float("nan"), float("nan")
+    return float(np.maximum(d2[mask], 0).mean()), float(agree[mask].mean())
+
+
+def ensemble_agreement(a, seeds_a, b, seeds_b, loss: str, n_splits: int = 8, seed: int = 0,
+                       average: str = "outputs") -> tuple[float, float, int]:
+    """Agreement between ensembles on disjoint seed halves: mean of half A at one width against
+    mean of half B at the other.  Returns (msd, top-1 agreement, ensemble size)."""
+    common = sorted(set(seeds_a) & set(seeds_b))
+    h = len(common) // 2
+    if h < 1:
+        return float("nan"), float("nan"), 0
+    ia = {s: i for i, s in enumerate(seeds_a)}
+    ib = {s: i for i, s in enumerate(seeds_b)}
+    sa, sb = _member_space(a, loss, average), _member_space(b, loss, average)
+    rng = np.random.default_rng(seed)
+    d2s, ags = [], []
+    for _ in range(n_splits):
+        perm = rng.permutation(common)
+        A, B = perm[:h], perm[h:2 * h]
+        for X, Y in ((A, B), (B, A)):
+            ea = sa[[ia[s] for s in X]].mean(0, keepdims=True)
+            eb = sb[[ib[s] for s in Y]].mean(0, keepdims=True)
+            if average == "probs":  # compare in log-probability space, like logits
+                ea, eb = np.log(np.clip(ea, 1e-300, None)), np.log(np.clip(eb, 1e-300, None))
+            d2, ag = pair_agreement(ea, eb, loss, same_members=False)
+            d2s.append(d2)
+            ags.append(ag)
+    return float(np.mean(d2s)), float(np.mean(ags)), h
+
+
+@dataclass
+class Agreement(Result):
+    """Point-wise agreement with the widest width over training ([width][step] lists)."""
+
+    steps: list[int]
+    widths: list[int]
+    reference_width: int
+    single_msd: list[list[float]]       # [width][step]
+    single_top1: list[list[float]]
+    ensemble_msd: list[list[float]]
+    ensemble_top1: list[list[float]]
+    ensemble_size: list[int]            # members per half-ensemble, per width
+
+
+def output_agreement(run, seeds: dict[int, list[int]], n_splits: int = 8, seed: int = 0,
+                     average: str = "outputs") -> Agreement:
+    """Agreement of every width's stored test outputs with the widest width's, at every evaluation step common
+    to all widths.  ``seeds``: width -> the seeds to use (e.g. the non-diverged ones); members with non-finite
+    outputs at a step are left out there."""
+    widths = sorted(seeds)
+    wmax = widths[-1]
+    steps = sorted(set.intersection(*(set(int(s) for s in run.logit_steps(w)) for w in widths)))
+    loss = run.loss_name
+    res = {k: [[float("nan")] * len(steps) for _ in widths] for k in ("smsd", "stop", "emsd", "etop")}
+    size = [0] * len(widths)
+    seeds_all = list(run.seeds)
+    for j, s in enumerate(track(steps, "agreement over training")):
+        outs = {}
+        for w in widths:
+            o = np.asarray(run.logits(w, s), np.float64)[[seeds_all.index(x) for x in seeds[w]]]
+            fin = np.isfinite(o.reshape(o.shape[0], -1)).all(1)
+            outs[w] = (o[fin], [x for x, f in zip(seeds[w], fin) if f])
+        ref, ref_seeds = outs[wmax]
+        for i, w in enumerate(widths):
+            o, sd = outs[w]
+            if len(o) == 0 or len(ref) == 0:
+                continue
+            res["smsd"][i][j], res["stop"][i][j] = pair_agreement(o, ref, loss, same_members=(w == wmax))
+            res["emsd"][i][j], res["etop"][i][j], size[i] = ensemble_agreement(o, sd, ref, ref_seeds, loss,
+                                                                               n_splits, seed, average)
+    return Agreement(steps, widths, wmax, res["smsd"], res["stop"], res["emsd"], res["etop"], size)
 
 
 # ----------------------------------------------------------------------------- measures
@@ -223,8 +328,7 @@ def consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
     measures = [_measure("test loss", eval_steps, loss_vals, _relative(loss_vals), tol)]
 
     # point-wise outputs
-    ag = _agreement(run, widths, {w: (None, seeds[w]) for w in widths}, targets, loss, None, True, o.splits,
-                    "outputs", o.seed)
+    ag = output_agreement(run, seeds, o.splits, o.seed)
     if loss == "mse":
         t = np.asarray(targets, np.float64).reshape(len(targets), -1)
         dist = np.array(ag.ensemble_msd) / np.mean((t - t.mean(0)) ** 2)
@@ -276,7 +380,7 @@ def consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
                                                  "eigenvectors",
     }
     return ConsistencyResult(str(getattr(run, "path", "")), loss, widths, wmax, tol, log_time, layers, measures,
-                             edge, o.kernel, spectra, conventions)
+                             ag, edge, o.kernel, spectra, conventions)
 
 
 # ----------------------------------------------------------------------------- plots and readings

@@ -279,6 +279,16 @@ def _sharpness(run, widths, seeds, steps, data, loss: str, seed: int) -> np.ndar
     return out
 
 
+NTK_MAX_GB = 2.0  # Jacobians of the widest member on the kernel inputs, held at once by widthkit.dynamics.ntk
+
+
+def ntk_bytes(run, n_inputs: int) -> int:
+    """Bytes of the widest member's Jacobians [n_inputs, outputs, parameters] in float32."""
+    table = run.param_table(run.widths[-1])["rules"]
+    params = sum(math.prod(r["shape"]) for r in table)
+    return 4 * n_inputs * run.logits(run.widths[-1]).shape[-1] * params
+
+
 def _spectra(run, widths, seeds, x, y, kind: str) -> list[Spectrum]:
     """The learned kernel's spectrum and task-model alignment per width at the end of training."""
     from ..dynamics.ntk import ntk
@@ -452,6 +462,18 @@ class Consistency(Analysis):
     Options = ConsistencyOptions
     Result = ConsistencyResult
     smoke = {"n_inputs": 32, "hessian_examples": 32, "hessian_seeds": 1, "kernel_inputs": 16, "splits": 2}
+
+    def applies(self, subject: Subject, o: ConsistencyOptions) -> str:
+        run = subject.point
+        if run is None or len(run.widths) < 2:
+            return "it compares widths with the widest: train at least two widths"
+        if o.kernel == "ntk":
+            gb = ntk_bytes(run, o.kernel_inputs) / 2**30
+            if gb > NTK_MAX_GB:
+                return (f"the NTK of width {run.widths[-1]} on {o.kernel_inputs} inputs needs {gb:.1f} GB of "
+                        f"Jacobians (limit {NTK_MAX_GB:g}); set [consistency] kernel = \"features\" or fewer "
+                        "kernel_inputs")
+        return ""
 
     def compute(self, subject: Subject, o: ConsistencyOptions) -> ConsistencyResult:
         return consistency(subject.require_point(self.name), o)

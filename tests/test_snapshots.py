@@ -18,32 +18,13 @@ from widthkit.ladder import train_ladder
 from widthkit.recipe import parse_recipe
 from widthkit.store import open_run
 
-TINY = """
-name = "tiny"
-[model]
-family = "mlp"
-widths = [8, 16]
-depth = 2
-[param]
-kind = "mup"
-[data]
-task = "digits"
-batch_size = 32
-[train]
-steps = {steps}
-seeds = 3
-eval_every = "log:4"
-checkpoint_every = 0
-snapshots = "{snaps}"
-snapshot_dtype = "{dtype}"
-[optim]
-lr = 0.05
-momentum = 0.9
-"""
-
+from test_foundation import tiny as foundation_tiny
 
 def tiny(steps=40, snaps="log:5", dtype="float32"):
-    return TINY.format(steps=steps, snaps=snaps, dtype=dtype)
+    """test_foundation's tiny ladder with a log evaluation grid and snapshots."""
+    return foundation_tiny(steps=steps).replace(
+        "eval_every = 20\ncheckpoint_every = 20",
+        f'eval_every = "log:4"\ncheckpoint_every = 0\nsnapshots = "{snaps}"\nsnapshot_dtype = "{dtype}"')
 
 
 def test_log_grid_has_k_distinct_log_spaced_steps():

@@ -312,8 +312,17 @@ def _targets_matrix(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes)[t] if t.ndim == 1 else t.reshape(len(t), -1).astype(np.float64)
 
 
-def consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
-    """Every measure of the module doc on a trained ladder ``run`` (a point view)."""
+def consistency(run, **options) -> ConsistencyResult:
+    """Every measure of the module doc on a trained ladder.
+
+    ``run``: a run directory, a Run or a point view; ``options``: fields of :class:`ConsistencyOptions`.
+    """
+    from .ensemble_bias import _point
+    view = _point(run)
+    return _consistency(view, Consistency().options(view.recipe, **options))
+
+
+def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
     if o.kernel not in ("ntk", "features"):
         raise WidthkitError(f"consistency kernel must be ntk or features, got '{o.kernel}'")
     widths = analysable_widths(run)
@@ -476,7 +485,7 @@ class Consistency(Analysis):
         return ""
 
     def compute(self, subject: Subject, o: ConsistencyOptions) -> ConsistencyResult:
-        return consistency(subject.require_point(self.name), o)
+        return _consistency(subject.require_point(self.name), o)
 
     def plot(self, res: ConsistencyResult, folder: Path) -> list[Path]:
         return [plot_measures(res, Path(folder) / "consistency.png"),

@@ -433,6 +433,8 @@ def plot_transfer(res, path) -> Path:
         ax.errorbar([p.width for p in mw], [p.target_acc_mean for p in mw],
                     np.nan_to_num([p.target_acc_std for p in mw]), marker="s", capsize=3, color="k",
                     label=f"target at matched source acc. {fmt.pct(res.matched.level)}")
+        ax.plot([p.width for p in mw], [p.source_acc_mean for p in mw], "k:", marker=".",
+                label="source at the matched snapshots")
     ax.set_title(f"new last layer ({res.probe}, {res.layer})", fontsize=9)
     ax.set_ylabel("test accuracy (dashed: source)")
     ax = axes[0][1]
@@ -448,6 +450,9 @@ def plot_transfer(res, path) -> Path:
                 marker="o", capsize=3, label="input reconstruction R^2")
     ax.plot(W, [p.knn_acc_mean for p in res.per_width], "s-", label="10-NN source accuracy")
     ax.plot(W, [p.knn_acc_matched for p in res.per_width], "^--", label="10-NN at matched source acc.")
+    if res.matched is not None:
+        mw = res.matched.per_width
+        ax.plot(W, [p.recon_r2_mean for p in mw], "ks:", label="R^2 at matched source acc.")
     ax.set_title("information in the hidden state", fontsize=9)
     for a in axes[0]:
         a.set_xscale("log", base=2)
@@ -543,11 +548,13 @@ def _trend_reading(res: TransferResult) -> str:
 
 def _matched_reading(m: MatchedTransfer) -> str:
     """Whether target accuracy rises with width once source accuracy is matched, with the slope and its error."""
-    t, lo, hi = m.target_trend, m.per_width[0], m.per_width[-1]
+    t, src, lo, hi = m.target_trend, m.source_trend, m.per_width[0], m.per_width[-1]
     err = t.slope_err if math.isfinite(t.slope_err) else 0.0
     verdict = ("rises with width" if t.slope - err > 0 else "falls with width" if t.slope + err < 0
                else "shows no clear trend with width")
-    accs = ", ".join(f"{fmt.pct(p.source_acc_mean)} (N={p.width}, step {p.step})" for p in m.per_width)
-    return (f"at matched source accuracy {fmt.pct(m.level)}, target accuracy {verdict}: {fmt.pct(lo.target_acc_mean)} "
-            f"at N={lo.width} and {fmt.pct(hi.target_acc_mean)} at N={hi.width}, {fmt.signed(t.slope)} ± "
-            f"{err:.3f} per width doubling; actual source accuracies {accs}")
+    accs = [p.source_acc_mean for p in m.per_width]
+    steps = ", ".join(f"{p.step} (N={p.width})" for p in m.per_width)
+    return (f"at matched source accuracy {fmt.pct(m.level)} (actual {fmt.pct(min(accs))}–{fmt.pct(max(accs))}, "
+            f"{fmt.signed(src.slope, 4)} ± {src.slope_err:.4f} per width doubling), target accuracy {verdict}: "
+            f"{fmt.pct(lo.target_acc_mean)} at N={lo.width} and {fmt.pct(hi.target_acc_mean)} at N={hi.width}, "
+            f"{fmt.signed(t.slope, 4)} ± {err:.4f} per width doubling; snapshot steps {steps}")

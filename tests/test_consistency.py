@@ -117,7 +117,7 @@ def test_consistency_on_a_tiny_online_run(tmp_path):
     by = {m.name: m for m in res.measures}
     assert by["test loss"].steps == run.logit_steps(8).tolist() and by["CKA fc0"].steps == run.snapshot_steps(8)
     for m in res.measures:  # the widest compared with itself
-        if m.name.startswith(("test loss", "preactivation", "sharpness")):
+        if m.name.startswith(("test loss", "CKA", "preactivation", "sharpness")):
             assert m.until[-1] == m.steps[-1] and np.allclose(m.distance[-1], 0)
     # CKA of width 8 with width 32 at the end, recomputed by hand over the pairs of different seeds
     x = run.task().x_test[:64]

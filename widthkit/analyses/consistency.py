@@ -10,7 +10,8 @@ Every measure compares each width with the widest width N_max of the ladder, ste
   half-ensembles' mean squared output distance over the centred targets' mean square (mse), or 1 - their
   top-1 agreement (xent);
 * representations: debiased linear CKA (:func:`widthkit.similarity.cka`) of each hidden layer with the same
-  layer of N_max on ``n_inputs`` fixed test inputs, averaged over pairs of different seeds; distance 1 - CKA;
+  layer of N_max on ``n_inputs`` fixed test inputs, averaged over pairs of different seeds (so N_max against
+  itself gives the seed-to-seed ceiling, below 1 at finite width); distance 1 - CKA(N) / CKA(N_max);
 * preactivation distributions: the 1-Wasserstein distance between the pooled (all seeds, units and inputs)
   values of a layer at N and at N_max, over the standard deviation of N_max's values.  Hidden layers are the
   outputs of every Linear/Conv module before the classifier; sp, ntk and mup all keep their coordinates of
@@ -367,7 +368,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
     x = task.x_test[:o.n_inputs]
     cka, w1 = _representations(run, widths, seeds, snap_steps, layers, x)
     for name in layers:
-        measures.append(_measure(f"CKA {name}", snap_steps, cka[name], 1.0 - cka[name], tol))
+        measures.append(_measure(f"CKA {name}", snap_steps, cka[name], 1.0 - cka[name] / cka[name][-1:], tol))
     for name in layers:
         measures.append(_measure(f"preactivation W1 {name}", snap_steps, w1[name], w1[name], tol))
     edge = (2.0 * (1.0 + recipe.optim.momentum) / recipe.optim.lr) if recipe.optim.name == "sgd" else float("nan")
@@ -388,7 +389,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
         "outputs": "half-seed ensembles on disjoint seeds; distance: mean squared output distance over the centred "
                    "targets' mean square (mse) or 1 - top-1 agreement (xent)",
         "cka": f"debiased linear CKA (unbiased HSIC) on {len(x)} test inputs, pairs of different seeds; distance "
-               "1 - CKA",
+               "1 - CKA(N) / CKA(Nmax), the widest against itself being the seed-to-seed ceiling",
         "preactivations": "1-Wasserstein distance of pooled values (seeds, units, inputs) over the widest's std",
         "sharpness": f"top eigenvalue of S^1/2 H S^1/2 (S: per-parameter lr scales) of the training loss on "
                      f"{o.hessian_examples} training examples, Lanczos, first {o.hessian_seeds} seeds; edge of "

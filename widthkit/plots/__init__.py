@@ -51,4 +51,5 @@ def time_axis(ax, log: bool) -> None:
     step grid is log-spaced (``train.eval_every = "log:K"``)."""
     if log:
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
     ax.set_xlabel("step" + (" (log)" if log else ""))

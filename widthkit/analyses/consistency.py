@@ -467,6 +467,7 @@ def spectrum_reading(res: ConsistencyResult, k: int = 10) -> str:
 class Consistency(Analysis):
     name = "consistency"
     order = 15
+    in_study = False  # reads every snapshot of every member: run it by name, or through [study] run
     help = "agreement of every width with the widest over training: loss, outputs, CKA, preactivations, " \
            "sharpness, kernel spectrum (Vyas et al. 2023)"
     Options = ConsistencyOptions

@@ -3,7 +3,8 @@
 :func:`train_members` chooses how to group members (all at once, in chunks, or one
 by one) from a short measured probe, trains each group with :class:`Ensemble`,
 evaluates every member on the test set on a step grid (keeping the test outputs
-for later point-wise analyses), and checkpoints so an interrupted job resumes from
+for later point-wise analyses; see :mod:`widthkit.grid`), keeps weight snapshots at the
+``train.snapshots`` steps (:mod:`widthkit.snapshots`), and checkpoints so an interrupted job resumes from
 its last checkpoint rather than from step 0.
 
 Every source of randomness (init, batches, dropout masks) is a pure function of

@@ -8,7 +8,7 @@ Every measure compares each width with the widest width N_max of the ladder, ste
   (so the widest width against itself gives the seed-to-seed floor); and for ensembles, the mean output of one
   half of the seeds at width N against the other half at N_max, averaged over random splits.  Distance: the
   half-ensembles' mean squared output distance over the centred targets' mean square (mse), or 1 - their
-  top-1 agreement (xent);
+  top-1 agreement over that of N_max's own half-ensembles (xent);
 * representations: debiased linear CKA (:func:`widthkit.similarity.cka`) of each hidden layer with the same
   layer of N_max on ``n_inputs`` fixed test inputs, averaged over pairs of different seeds (so N_max against
   itself gives the seed-to-seed ceiling, below 1 at finite width); distance 1 - CKA(N) / CKA(N_max);
@@ -354,7 +354,8 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
         dist = np.array(ag.ensemble_msd) / np.mean((t - t.mean(0)) ** 2)
         measures.append(_measure("output distance (half-ensembles)", ag.steps, ag.ensemble_msd, dist, tol))
     else:
-        dist = 1.0 - np.array(ag.ensemble_top1)
+        top1 = np.array(ag.ensemble_top1)
+        dist = 1.0 - top1 / top1[-1:]  # relative to the widest's own half-ensembles (random at init)
         measures.append(_measure("top-1 agreement (half-ensembles)", ag.steps, ag.ensemble_top1, dist, tol))
 
     # weight-reading measures at the snapshot steps every width has
@@ -387,7 +388,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
                      f"is <= {tol:g}",
         "loss": "mean test loss over seeds; distance |L(N) - L(Nmax)| / L(Nmax)",
         "outputs": "half-seed ensembles on disjoint seeds; distance: mean squared output distance over the centred "
-                   "targets' mean square (mse) or 1 - top-1 agreement (xent)",
+                   "targets' mean square (mse) or 1 - top-1 agreement / that of the widest with itself (xent)",
         "cka": f"debiased linear CKA (unbiased HSIC) on {len(x)} test inputs, pairs of different seeds; distance "
                "1 - CKA(N) / CKA(Nmax), the widest against itself being the seed-to-seed ceiling",
         "preactivations": "1-Wasserstein distance of pooled values (seeds, units, inputs) over the widest's std",

@@ -49,7 +49,7 @@ from ..progress import track
 from ..results import Result
 from ..store import analysable_widths
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
-from .ensemble_bias import _centred, _member_space
+from .ensemble_bias import _centred, _member_space, _point
 
 
 @dataclass
@@ -264,6 +264,7 @@ def _features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[str,
 
 
 def _lr_scales(run, width: int) -> dict[str, float]:
+    """Per-parameter lr scales from the stored parameter table (its JSON, as ``ParamTable.lr_scales``)."""
     return {r["name"]: r["lr_scale"] for r in run.param_table(width)["rules"]}
 
 
@@ -318,7 +319,6 @@ def consistency(run, **options) -> ConsistencyResult:
 
     ``run``: a run directory, a Run or a point view; ``options``: fields of :class:`ConsistencyOptions`.
     """
-    from .ensemble_bias import _point
     view = _point(run)
     return _consistency(view, Consistency().options(view.recipe, **options))
 

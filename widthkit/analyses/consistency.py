@@ -410,7 +410,7 @@ def plot_measures(res: ConsistencyResult, path) -> Path:
     """One panel per measure against step, one line per width."""
     n = len(res.measures)
     cols = min(n, 3)
-    fig, axes = figure(cols, math.ceil(n / cols), size=(3.6, 2.8))
+    fig, axes = figure(cols, math.ceil(n / cols), size=(3.3, 2.5))
     colors = width_colors(res.widths)
     flat = [a for row in axes for a in row]
     for ax, m in zip(flat, res.measures):

@@ -133,3 +133,8 @@ def test_consistency_on_a_tiny_online_run(tmp_path):
     assert any(line.startswith("test loss: within 0.1 of N=32: N=8 ") for line in blocks[0].lines)
     assert ConsistencyResult.load(tmp_path / "c" / "consistency.json").measures[2].values == by["CKA fc0"].values
     assert (tmp_path / "c" / "consistency.png").stat().st_size > 1000
+    assert res.spectrum_step == 30
+    from widthkit.analyses.consistency import consistency
+    from widthkit.errors import WidthkitError
+    with pytest.raises(WidthkitError, match=r"no snapshot at step 7 at every width; snapshot steps: \[0, "):
+        consistency(run, step=7)

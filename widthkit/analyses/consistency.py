@@ -19,10 +19,10 @@ Every measure compares each width with the widest width N_max of the ladder, ste
 * sharpness: the top eigenvalue of the training-loss Hessian (Lanczos, on ``hessian_examples`` training
   examples, in the per-parameter learning-rate metric ``S^1/2 H S^1/2``), against the edge of stability
   2(1 + momentum)/lr of SGD (Cohen et al. 2021); distance |lambda(N) - lambda(N_max)| / lambda(N_max);
-* the spectral view of the bias of narrower width (Vyas et al., section 6): at the end of training, the
-  eigenspectrum of the learned kernel, the after-training NTK averaged over seeds (ensemble NTK; or the last
-  hidden layer's feature kernel), on ``kernel_inputs`` test inputs, and the cumulative power C(k) of the test
-  targets in its top-k eigenvectors (task-model alignment).
+* the spectral view of the bias of narrower width (Vyas et al., section 6): at the end of training (or at
+  snapshot ``step``), the eigenspectrum of the learned kernel, the after-training NTK averaged over seeds
+  (ensemble NTK; or the last hidden layer's feature kernel), on ``kernel_inputs`` test inputs, and the
+  cumulative power C(k) of the test targets in its top-k eigenvectors (task-model alignment).
 
 The representation, preactivation and sharpness measures read weight snapshots (``train.snapshots``), at the
 snapshot steps every width has.  A width agrees with N_max "until step t" when its distance stays within
@@ -64,6 +64,7 @@ class ConsistencyOptions:
     hessian_seeds: int = opt(2, "seeds per width whose sharpness is measured")
     kernel: str = opt("ntk", "learned kernel of the spectral view: ntk (after-kernel, seed-averaged) or features")
     kernel_inputs: int = opt(128, "test inputs of the learned kernel")
+    step: int = opt(-1, "snapshot step of the spectral view (-1: the end of training)")
     splits: int = opt(8, "random half-splits of the seeds for the ensemble agreement")
     seed: int = opt(0, "seed of the splits and of Lanczos")
 
@@ -101,6 +102,7 @@ class ConsistencyResult(Result):
     agreement: Agreement        # point-wise agreement in full (single members and half-ensembles)
     edge_of_stability: float    # 2(1 + momentum)/lr for SGD; NaN for Adam (no such threshold)
     kernel: str
+    spectrum_step: int          # the step of the spectral view
     spectra: list[Spectrum]
     conventions: dict[str, str]
 
@@ -291,14 +293,14 @@ def ntk_bytes(run, n_inputs: int) -> int:
     return 4 * n_inputs * run.logits(run.widths[-1]).shape[-1] * params
 
 
-def _spectra(run, widths, seeds, x, y, kind: str) -> list[Spectrum]:
-    """The learned kernel's spectrum and task-model alignment per width at the end of training."""
+def _spectra(run, widths, seeds, x, y, kind: str, step: int | None) -> list[Spectrum]:
+    """The learned kernel's spectrum and task-model alignment per width, members read at ``step`` (None: the end)."""
     from ..dynamics.ntk import ntk
     out = []
     for w in track(widths, f"{kind} kernel spectrum"):
         kernels = []
         for s in seeds[w]:
-            model = run.load_member(w, s)
+            model = run.load_member(w, s, step=step)
             if kind == "ntk":
                 kernels.append(ntk(model, x, lr_scales=_lr_scales(run, w), mode="trace").double().numpy())
             else:
@@ -360,6 +362,8 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
 
     # weight-reading measures at the snapshot steps every width has
     snap_steps = sorted(set.intersection(*(set(run.snapshot_steps(w)) for w in widths)))
+    if o.step >= 0 and o.step not in snap_steps:
+        raise WidthkitError(f"no snapshot at step {o.step} at every width; snapshot steps: {snap_steps}")
     probe_model = run.load_member(wmax, seeds[wmax][0])
     layers = list(o.layers) or hidden_layers(probe_model)
     known = dict(probe_model.named_modules())
@@ -381,7 +385,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
 
     xk = task.x_test[:o.kernel_inputs]
     yk = _targets_matrix(targets[:o.kernel_inputs], task.num_classes)
-    spectra = _spectra(run, widths, seeds, xk, yk, o.kernel)
+    spectra = _spectra(run, widths, seeds, xk, yk, o.kernel, None if o.step < 0 else o.step)
     conventions = {
         "reference": f"every measure compares each width with the widest, N={wmax}",
         "agreement": f"a width agrees with N={wmax} until the last step of its leading run of steps whose distance "
@@ -401,7 +405,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
                                                  "eigenvectors",
     }
     return ConsistencyResult(str(getattr(run, "path", "")), loss, widths, wmax, tol, log_time, layers, measures,
-                             ag, edge, o.kernel, spectra, conventions)
+                             ag, edge, o.kernel, snap_steps[-1] if o.step < 0 else o.step, spectra, conventions)
 
 
 # ----------------------------------------------------------------------------- plots and readings
@@ -458,7 +462,7 @@ def spectrum_reading(res: ConsistencyResult, k: int = 10) -> str:
     lo, hi = res.spectra[0], res.spectra[-1]
     k = min(k, len(lo.power))
     top = lambda sp: sum(sp.eigenvalues[:k])  # noqa: E731
-    return (f"spectral view at the end: the top-{k} eigenvalues of the {res.kernel} kernel hold {fmt.pct(top(lo))} of "
+    return (f"spectral view at step {res.spectrum_step}: the top-{k} eigenvalues of the {res.kernel} kernel hold {fmt.pct(top(lo))} of "
             f"its trace at N={lo.width} and {fmt.pct(top(hi))} at N={hi.width}; the top-{k} eigenvectors carry "
             f"C({k}) = {fmt.pct(lo.power[k - 1])} of the target's power at N={lo.width} and "
             f"{fmt.pct(hi.power[k - 1])} at N={hi.width}")

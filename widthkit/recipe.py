@@ -67,14 +67,14 @@ class TrainSpec:
     epochs: float = 0.0           # if > 0, steps = epochs * (n_train // batch_size)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     eval_every: PositiveInt | str = 100  # every N steps, or "log:K" (K log-spaced steps); see widthkit.grid
+    snapshots: list[NonNegativeInt] | str = ""  # member weights kept at: [steps], "log:K" or "every:N" (grid)
+    snapshot_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage of the snapshots
     checkpoint_every: NonNegativeInt = 500
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
-    snapshots: list[NonNegativeInt] | str = ""  # member weights kept at: [steps], "log:K" or "every:N" (grid)
-    snapshot_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage of the snapshots
 
 
 @dataclass
@@ -147,11 +147,11 @@ def _validate(r: Recipe) -> None:
         raise WidthkitError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
     if len(set(r.train.seeds)) != len(r.train.seeds):
         raise WidthkitError("recipe key 'train.seeds' has repeated seeds; list each seed once")
+    grid.check(r.train.eval_every, "train.eval_every")
+    grid.check(r.train.snapshots, "train.snapshots")
     if r.train.epochs <= 0 and r.train.steps <= 0:
         raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
-    grid.check(r.train.eval_every, "train.eval_every")
-    grid.check(r.train.snapshots, "train.snapshots")
     st = r.train.strategy
     if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)):
         raise WidthkitError(f"recipe key 'train.strategy' is '{st}'; choose auto, vectorized, loop or chunk:N")

@@ -28,25 +28,27 @@ def snapshot_steps(recipe: Recipe, total: int) -> list[int]:
     return [s for s in grid.steps(recipe.train.snapshots, total, "train.snapshots") if s < total]
 
 
-def take(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, np.ndarray]:
-    """Stacked member tensors {name: [E, ...]} as numpy arrays for storage.
+def take(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Copies of stacked member tensors {name: [E, ...]} on the CPU, for storage.
 
     Floating tensors go to ``dtype`` (``float32`` keeps them as trained, float64 included); integer buffers
-    stay as they are.
+    stay as they are.  Tensors (not numpy arrays), so a checkpoint holding them loads with ``weights_only``.
     """
     out = {}
     for k, v in tensors.items():
         v = v.detach()
         if v.is_floating_point() and dtype != "float32":
             v = v.to(getattr(torch, dtype))
-            if dtype == "bfloat16":
-                out[k] = v.view(torch.int16).cpu().numpy().view(np.uint16)  # the bit pattern
-                continue
-        out[k] = v.cpu().numpy().copy()
+        out[k] = v.cpu().clone()
     return out
 
 
-def write(f: h5py.File, steps: list[int], snaps: list[dict[str, np.ndarray]], dtype: str) -> None:
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A stored tensor as numpy; bfloat16 as its uint16 bit pattern (numpy and HDF5 have no bfloat16)."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def write(f: h5py.File, steps: list[int], snaps: list[dict[str, torch.Tensor]], dtype: str) -> None:
     """Add the ``snapshots`` group to an open shard (nothing without snapshots)."""
     if not steps:
         return
@@ -54,7 +56,7 @@ def write(f: h5py.File, steps: list[int], snaps: list[dict[str, np.ndarray]], dt
     g.attrs["dtype"] = dtype
     g["step"] = np.asarray(steps, np.int64)
     for k in snaps[0]:
-        g[k] = np.stack([s[k] for s in snaps], axis=1)
+        g[k] = np.stack([_numpy(s[k]) for s in snaps], axis=1)
 
 
 def stored_steps(f: h5py.File) -> list[int]:

@@ -125,7 +125,7 @@ class MemberResults:
     diverged_step: np.ndarray | None = None
     state: dict | None = None                                   # final stacked weights and buffers
     snapshot_steps: list[int] = field(default_factory=list)     # steps of the snapshots (before the last)
-    snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: [E, ...]} (storage dtype)
+    snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: tensor [E, ...]} (storage dtype)
 
     @staticmethod
     def concat(parts: list["MemberResults"]) -> "MemberResults":
@@ -137,7 +137,7 @@ class MemberResults:
         out.diverged_step = np.concatenate([p.diverged_step for p in parts])
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
         out.snapshot_steps = parts[0].snapshot_steps
-        out.snapshots = [{k: np.concatenate([p.snapshots[j][k] for p in parts]) for k in snap}
+        out.snapshots = [{k: torch.cat([p.snapshots[j][k] for p in parts]) for k in snap}
                          for j, snap in enumerate(parts[0].snapshots)]
         return out
 
@@ -267,7 +267,6 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
-    snaps = snapshots.snapshot_steps(recipe, total)
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") \
         if ckpt_path is not None and ckpt_path.exists() else None  # CPU first: written on any node
     tables: list[ParamTable] = []
@@ -300,17 +299,18 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         torch.set_num_threads(record["threads"])
     try:
         _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, snaps, f"{desc} ({len(seeds)} members, {record['strategy']})")
+                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
     finally:
         torch.set_num_threads(threads_before)
     return MemberResults.concat(done), record, tables[0]
 
 
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
-                  autocast, total, evals, snaps, desc) -> None:
+                  autocast, total, evals, desc) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``.
 
-    A snapshot (at a step of ``snaps``) is checkpointed at once, so a killed job never takes one twice."""
+    A snapshot (``train.snapshots``) is checkpointed at once, so a killed job never takes one twice."""
+    snaps = snapshots.snapshot_steps(recipe, total)
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:

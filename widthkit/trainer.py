@@ -307,10 +307,8 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
 
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
                   autocast, total, evals, desc) -> None:
-    """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``.
-
-    A snapshot (``train.snapshots``) is checkpointed at once, so a killed job never takes one twice."""
-    snaps = snapshots.snapshot_steps(recipe, total)
+    """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
+    snaps = snapshots.snapshot_steps(recipe, total)  # each is checkpointed at once: a killed job keeps it
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
@@ -331,6 +329,11 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 pbar.advance(start * len(group))
             ckpt = None
             for step in range(start, total + 1):
+                took = step in snaps and (not res.snapshot_steps or res.snapshot_steps[-1] != step)
+                if took:
+                    res.snapshot_steps.append(step)
+                    res.snapshots.append(snapshots.take({**ens.state_dict()["params"], **ens.buffers},
+                                                        recipe.train.snapshot_dtype))
                 if step in evals and (not res.steps or res.steps[-1] != step):
                     outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
                     res.steps.append(step)
@@ -343,11 +346,6 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     res.logits.append(outs.astype(np.float32))
                     loss_sum.zero_(), acc_sum.zero_()
                     n_since = 0
-                took = step in snaps and (not res.snapshot_steps or res.snapshot_steps[-1] != step)
-                if took:
-                    res.snapshot_steps.append(step)
-                    res.snapshots.append(snapshots.take({**ens.state_dict()["params"], **ens.buffers},
-                                                        recipe.train.snapshot_dtype))
                 if step == total:
                     break
                 if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and

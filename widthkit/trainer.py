@@ -3,7 +3,8 @@
 :func:`train_members` chooses how to group members (all at once, in chunks, or one
 by one) from a short measured probe, trains each group with :class:`Ensemble`,
 evaluates every member on the test set on a step grid (keeping the test outputs
-for later point-wise analyses), and checkpoints so an interrupted job resumes from
+for later point-wise analyses; see :mod:`widthkit.grid`), keeps weight snapshots at the
+``train.snapshots`` steps (:mod:`widthkit.snapshots`), and checkpoints so an interrupted job resumes from
 its last checkpoint rather than from step 0.
 
 Every source of randomness (init, batches, dropout masks) is a pure function of
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import grid, snapshots
 from .atomic import atomic_path
 from .data import Task
 from .engine import Ensemble, lr_at, member_losses
@@ -56,9 +58,10 @@ def steps_per_epoch(recipe: Recipe, task: Task) -> int:
 
 
 def eval_steps(recipe: Recipe, total: int) -> list[int]:
-    """Steps after which members are evaluated: 0, every ``eval_every``, and the last."""
-    steps = list(range(0, total, recipe.train.eval_every)) + [total]
-    return sorted(set(steps))
+    """Steps at which members are evaluated: the ``eval_every`` grid (0 and the last included) and every
+    ``snapshots`` step (so each snapshot has its test outputs)."""
+    return sorted(set(grid.steps(recipe.train.eval_every, total, "train.eval_every"))
+                  | set(grid.steps(recipe.train.snapshots, total, "train.snapshots")))
 
 
 class Batches:
@@ -121,6 +124,8 @@ class MemberResults:
     logits: list[np.ndarray] = field(default_factory=list)      # per eval: [E, N, K]
     diverged_step: np.ndarray | None = None
     state: dict | None = None                                   # final stacked weights and buffers
+    snapshot_steps: list[int] = field(default_factory=list)     # steps of the snapshots (before the last)
+    snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: tensor [E, ...]} (storage dtype)
 
     @staticmethod
     def concat(parts: list["MemberResults"]) -> "MemberResults":
@@ -131,6 +136,9 @@ class MemberResults:
             setattr(out, name, cat(name))
         out.diverged_step = np.concatenate([p.diverged_step for p in parts])
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
+        out.snapshot_steps = parts[0].snapshot_steps
+        out.snapshots = [{k: torch.cat([p.snapshots[j][k] for p in parts]) for k in snap}
+                         for j, snap in enumerate(parts[0].snapshots)]
         return out
 
 
@@ -300,6 +308,7 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
                   autocast, total, evals, desc) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
+    snaps = snapshots.snapshot_steps(recipe, total)  # each is checkpointed at once: a killed job keeps it
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
@@ -320,6 +329,11 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 pbar.advance(start * len(group))
             ckpt = None
             for step in range(start, total + 1):
+                took = step in snaps and (not res.snapshot_steps or res.snapshot_steps[-1] != step)
+                if took:
+                    res.snapshot_steps.append(step)
+                    res.snapshots.append(snapshots.take({**ens.state_dict()["params"], **ens.buffers},
+                                                        recipe.train.snapshot_dtype))
                 if step in evals and (not res.steps or res.steps[-1] != step):
                     outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
                     res.steps.append(step)
@@ -334,8 +348,8 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     n_since = 0
                 if step == total:
                     break
-                if ckpt_path is not None and recipe.train.checkpoint_every and step > start and \
-                        step % recipe.train.checkpoint_every == 0:
+                if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and
+                                              step % recipe.train.checkpoint_every == 0):
                     _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})

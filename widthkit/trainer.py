@@ -23,6 +23,7 @@ from torch import nn
 
 from .atomic import atomic_path
 from .data import Task
+from .data.prefetch import Prefetch
 from .engine import Ensemble, lr_at, member_losses
 from .errors import WidthkitError
 from .param import ParamTable
@@ -68,9 +69,11 @@ class Batches:
     every epoch.  Online tasks: each member draws fresh samples every step.  With
     ``data.shared_batches`` every member gets the same batches, so members differ only
     in their initialization (the ensemble variance is then init variance alone).
+    Online batches are drawn ``prefetch`` steps ahead in a background thread (0: inline);
+    each is a pure function of its step, so the timing never changes them.
     """
 
-    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device):
+    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device, prefetch: int = 2):
         self.task, self.seeds, self.device = task, seeds, device
         self.recipe_seed = recipe.seed
         self.B = batch_size(recipe, task)
@@ -83,6 +86,19 @@ class Batches:
         if not self.online:
             self.x = task.x_train.to(device)
             self.y = task.y_train.to(device)
+        else:
+            self._online = Prefetch(self._draw, prefetch)
+
+    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU)."""
+        xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
+            derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
+        return torch.stack(xs), torch.stack(ys)
+
+    def close(self) -> None:
+        """Stop drawing ahead (online tasks)."""
+        if self.online:
+            self._online.close()
 
     def _permutations(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
@@ -94,9 +110,8 @@ class Batches:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
-            xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
-                derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
-            x, y = torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+            x, y = self._online(step)
+            x, y = x.to(self.device), y.to(self.device)
         else:
             epoch, pos = divmod(step, self.spe)
             idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
@@ -281,6 +296,7 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         requested = strategy or recipe.train.strategy
         pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
         record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
+    all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
     done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
@@ -345,6 +361,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 acc_sum += correct
                 n_since += 1
                 pbar.advance(len(group))
+            batches.close()
             res.diverged_step = ens.diverged_step.cpu().numpy()
             res.state = {k: v.detach().cpu().numpy() for k, v in ens.state_dict()["params"].items()}
             res.state.update({k: v.cpu().numpy() for k, v in ens.buffers.items()})

@@ -1,0 +1,40 @@
+"""Speed machinery that must not change results: background prefetch of online batches."""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from widthkit.data import load_task
+from widthkit.data.prefetch import Prefetch
+from widthkit.recipe import load_recipe
+from widthkit.trainer import Batches
+
+
+def test_prefetch_gives_the_same_batches_whatever_the_order_and_depth():
+    recipe = load_recipe("quickstart", overrides=["data.task=mnist1d", "data.online=true", "data.batch_size=16"])
+    task = load_task("mnist1d", online=True, n_train=40, n_test=20)
+    inline = Batches(recipe, task, [0, 1, 2], torch.device("cpu"), prefetch=0)
+    ahead = Batches(recipe, task, [0, 1, 2], torch.device("cpu"), prefetch=3)
+    for step in [0, 1, 2, 7, 3, 8, 9, 0]:  # in order, jumps ahead and back (a resume)
+        x0, y0 = inline(step)
+        x1, y1 = ahead(step)
+        assert x1.shape == (3, 16, 1, 40) and torch.equal(x0, x1) and torch.equal(y0, y1)
+    assert not torch.equal(inline(4)[0], inline(5)[0])  # fresh data every step
+    ahead.close()
+
+
+def test_prefetch_runs_ahead_in_one_single_threaded_worker():
+    seen = []
+
+    def fn(step):
+        seen.append((step, threading.current_thread().name, torch.get_num_threads()))
+        return step * step
+
+    p = Prefetch(fn, depth=2)
+    assert [p(s) for s in range(4)] == [0, 1, 4, 9]
+    p.close()
+    steps = [s for s, _, _ in seen]
+    assert {0, 1, 2, 3} <= set(steps) <= set(range(6)) and len(steps) == len(set(steps))  # once each, <= 2 ahead
+    assert all(name.startswith("widthkit-prefetch") and n == 1 for _, name, n in seen)
+    assert Prefetch(fn, depth=0)(3) == 9 and seen[-1][1] == threading.current_thread().name

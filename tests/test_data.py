@@ -1,6 +1,7 @@
 """Tests for widthkit.data: every dataset offline, external ones from tiny files written in the true format."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -420,8 +421,13 @@ def test_mnist1d_batched_transform_matches_package_transform():
     col = lambda j, dtype=torch.float64: torch.tensor(np.array([d[j] for d in draws]), dtype=dtype)  # noqa: E731
     d = Mnist1dDraws(col(0, torch.long), col(1), col(2, torch.long), col(3), col(4), col(5))
     assert len(set(d.pad.tolist())) > 10 and len(set(d.shift.tolist())) > 20  # the tables are really exercised
-    tr = Mnist1dTransform(args, templates)
-    np.testing.assert_allclose(tr(torch.as_tensor(labels), d).numpy(), np.stack(refs), rtol=0, atol=1e-12)
+    ref = np.stack(refs)
+    exact = Mnist1dTransform(args, templates, dtype=torch.float64)(torch.as_tensor(labels), d).numpy()
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-12)
+    d32 = Mnist1dDraws(*(v.float() if v.is_floating_point() else v for v in dataclasses.astuple(d)))
+    fast = Mnist1dTransform(args, templates)(torch.as_tensor(labels), d32)  # the sampler's float32 path
+    assert fast.dtype == torch.float32
+    np.testing.assert_allclose(fast.numpy(), ref, rtol=0, atol=1e-5)
     g = torch.Generator().manual_seed(0)
     own = Mnist1dDraws.sample(20000, args, g)
     assert own.pad.min() == lo and own.pad.max() == hi and own.shift.min() == 0

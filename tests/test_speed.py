@@ -38,3 +38,19 @@ def test_prefetch_runs_ahead_in_one_single_threaded_worker():
     assert {0, 1, 2, 3} <= set(steps) <= set(range(6)) and len(steps) == len(set(steps))  # once each, <= 2 ahead
     assert all(name.startswith("widthkit-prefetch") and n == 1 for _, name, n in seen)
     assert Prefetch(fn, depth=0)(3) == 9 and seen[-1][1] == threading.current_thread().name
+
+
+def test_ridge_solver_matches_sklearn_in_both_shapes():
+    """The Gram/eigh ridge solver (probes, transfer's R^2) agrees with sklearn's Ridge, n > D and D > n."""
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from widthkit.probes import _ridge_solutions
+    rng = np.random.default_rng(0)
+    for n, d in ((120, 30), (40, 90)):
+        x = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 3.0  # correlated, off-centre
+        t = x[:, :5] @ rng.standard_normal((5, 4)) + 0.1 * rng.standard_normal((n, 4))
+        for alpha, W, b in _ridge_solutions(x, t, (1e-3, 1.0, 100.0)):
+            ref = Ridge(alpha=alpha, solver="svd").fit(x, t)
+            np.testing.assert_allclose(W, ref.coef_, rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(b, ref.intercept_, rtol=1e-6, atol=1e-8)

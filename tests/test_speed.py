@@ -54,3 +54,17 @@ def test_ridge_solver_matches_sklearn_in_both_shapes():
             ref = Ridge(alpha=alpha, solver="svd").fit(x, t)
             np.testing.assert_allclose(W, ref.coef_, rtol=1e-6, atol=1e-8)
             np.testing.assert_allclose(b, ref.intercept_, rtol=1e-6, atol=1e-8)
+
+
+def test_umap_numba_functions_are_cached_on_disk(tmp_path, monkeypatch):
+    """The atlas layout switches on numba's disk cache for umap's functions (they compile once, not per process)."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    from atlases.layout import _import_umap
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    umap = _import_umap()
+    from umap import layouts
+    fn = layouts.optimize_layout_euclidean
+    assert isinstance(fn, Dispatcher) and not isinstance(fn._cache, NullCache)
+    assert umap.UMAP is not None

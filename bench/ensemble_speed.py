@@ -98,8 +98,8 @@ class Ours:
     def __init__(self, models, scales, recipe, record):
         k = _group_sizes(record["strategy"], len(models))
         self.groups = [list(range(i, min(i + k, len(models)))) for i in range(0, len(models), k)]
-        self.ens = [Ensemble([models[i] for i in g], scales, recipe.optim, recipe.train.loss, DEVICE, AUTOCAST)
-                    for g in self.groups]
+        self.ens = [Ensemble([models[i] for i in g], scales, recipe.optim, recipe.train.loss, DEVICE, AUTOCAST,
+                             channels_last=record.get("channels_last", False)) for g in self.groups]
         self.threads = record.get("threads", DEFAULT_THREADS)
 
     def step(self, x, y, lr):
@@ -156,6 +156,7 @@ def step_rows(family, widths, members, steps, rounds) -> list[dict]:
             t["single"].append(time_steps(single, batches, steps, DEFAULT_THREADS, r * (steps + 1)))
         med = {k: statistics.median(v) for k, v in t.items()}
         row = {"family": family, "width": w, "members": members, "strategy": record["strategy"],
+               "channels_last": record.get("channels_last", False),
                "threads": record.get("threads"), "ours_ms": 1e3 * med["ours"], "plain_ms": 1e3 * med["plain"],
                "plain1_ms": 1e3 * med["plain1"], "speedup": med["plain"] / med["ours"],
                "speedup_best_plain": min(med["plain"], med["plain1"]) / med["ours"],
@@ -176,7 +177,7 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_memory(family, width, members, way, strategy, threads) -> float:
+def measure_memory(family, width, members, way, strategy, threads, channels_last) -> float:
     """(In a fresh process.)  Peak RSS in MiB above the process before the models were built."""
     recipe = bench_recipe(family, members)
     task = load_recipe_task(recipe)
@@ -185,7 +186,7 @@ def measure_memory(family, width, members, way, strategy, threads) -> float:
     base = _rss_kb("VmRSS")
     models, scales, batches = setup(recipe, width, task)
     runner = Plain(models, scales, recipe) if way == "plain" else \
-        Ours(models, scales, recipe, {"strategy": strategy, "threads": threads})
+        Ours(models, scales, recipe, {"strategy": strategy, "threads": threads, "channels_last": channels_last})
     time_steps(runner, batches, 3, threads)
     return (_rss_kb("VmHWM") - base) / 1024
 
@@ -196,7 +197,8 @@ def memory_rows(step_results) -> list[dict]:
         peak = {}
         for way in ("ours", "plain"):
             out = subprocess.run([sys.executable, __file__, "--_memory", json.dumps(
-                [r["family"], r["width"], r["members"], way, r["strategy"], r["threads"] or DEFAULT_THREADS])],
+                [r["family"], r["width"], r["members"], way, r["strategy"], r["threads"] or DEFAULT_THREADS,
+                 r["channels_last"]])],
                 capture_output=True, text=True, check=True)
             peak[way] = float(out.stdout.strip().splitlines()[-1])
         rows.append({"family": r["family"], "width": r["width"], "strategy": r["strategy"],
@@ -257,7 +259,8 @@ def markdown(args, steps, mem, ladder) -> str:
            "speed-up vs plain | vs best plain | ours / (E x single) | samples x members / s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in steps:
-        out.append(f"| {r['family']} | {r['width']} | {r['strategy']} ({r['threads']}) | {r['ours_ms']:.2f} | "
+        layout = ", NHWC" if r["channels_last"] else ""
+        out.append(f"| {r['family']} | {r['width']} | {r['strategy']}{layout} ({r['threads']}) | {r['ours_ms']:.2f} | "
                    f"{r['plain_ms']:.2f} | {r['plain1_ms']:.2f} | **{r['speedup']:.1f}x** | "
                    f"{r['speedup_best_plain']:.1f}x | {r['vs_single']:.2f} | {r['throughput']:,.0f} |")
     if mem:

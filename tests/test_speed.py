@@ -1,8 +1,11 @@
 """Speed machinery that must not change results: background prefetch of online batches."""
 from __future__ import annotations
 
+import copy
 import threading
 
+import numpy as np
+import pytest
 import torch
 
 from widthkit.data import load_task
@@ -42,7 +45,6 @@ def test_prefetch_runs_ahead_in_one_single_threaded_worker():
 
 def test_ridge_solver_matches_sklearn_in_both_shapes():
     """The Gram/eigh ridge solver (probes, transfer's R^2) agrees with sklearn's Ridge, n > D and D > n."""
-    import numpy as np
     from sklearn.linear_model import Ridge
 
     from widthkit.probes import _ridge_solutions
@@ -68,3 +70,68 @@ def test_umap_numba_functions_are_cached_on_disk(tmp_path, monkeypatch):
     for fn in (umap_.smooth_knn_dist, layouts._nb_optimize_layout_euclidean_single_epoch):  # not cache=True in umap
         assert isinstance(fn, Dispatcher) and not isinstance(fn._cache, NullCache)
     assert umap.UMAP is not None
+
+
+def _members(family: str, width: int, n: int, **model):
+    from widthkit.models import create_model
+    in_shape = (1, 40) if family == "conv1d" else (1, 8, 8)
+    out = []
+    for s in range(n):
+        torch.manual_seed(s)
+        out.append(create_model(family, width=width, in_shape=in_shape, num_classes=10, **model))
+    return out, in_shape
+
+
+@pytest.mark.parametrize("family,model", [("conv1d", {}), ("cnn", {"depth": 5}), ("cnn", {"pool": "max"})])
+def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
+    """Grouped convolutions (members as groups), NCHW or NHWC, give vmap's outputs and training steps."""
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    members, in_shape = _members(family, 8, 3, **model)
+    opt = OptimSpec(name="adam", lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 16, *in_shape, generator=g), torch.randint(10, (3, 16), generator=g)
+    ref = Ensemble(copy.deepcopy(members), {}, opt, "xent")
+    ref._plan = None  # vmap(functional_call) over the plain modules
+    ways = [Ensemble(copy.deepcopy(members), {}, opt, "xent", channels_last=cl) for cl in (False, True)]
+    assert all(w._plan is not None and w._plan[0][0] == "members_as_channels" for w in ways)
+    assert ways[0].conv_layouts == ([False] if family == "conv1d" else [False, True])
+    for _ in range(3):
+        lr, _ = ref.step(x, y, 1e-2)
+        for w in ways:
+            torch.testing.assert_close(w.step(x, y, 1e-2)[0], lr, rtol=1e-5, atol=1e-6)
+    for w in ways:
+        for k in ref.params:
+            torch.testing.assert_close(w.params[k], ref.params[k], rtol=1e-4, atol=1e-5)
+
+
+def test_conv_plan_only_for_what_it_can_run():
+    from torch import nn
+
+    from widthkit.engine import _sequential_plan
+    ok = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    assert [k for k, _ in _sequential_plan(ok)] == ["members_as_channels", "conv", "apply", "apply", "unpack_members",
+                                                    "linear"]
+    for bad in (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2)),                       # no Flatten before Linear
+                nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.Flatten()),
+                nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 1, 1)),
+                nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten()),
+                nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())):                               # never flattened
+        assert _sequential_plan(bad) is None
+
+
+def test_probe_times_both_conv_layouts_and_the_trainer_uses_its_choice(tmp_path):
+    from widthkit.build import build_member, load_recipe_task
+    from widthkit.trainer import probe_strategy, train_members
+    recipe = load_recipe("quickstart", overrides=["model.family=cnn", "model.depth=5", "train.seeds=2",
+                                                  "train.steps=4", "train.eval_every=4"])
+    task = load_recipe_task(recipe)
+    batches = Batches(recipe, task, [0, 1], torch.device("cpu"))
+    table = build_member(recipe, 8, 0, task)[1]
+    record = probe_strategy(lambda idx: [build_member(recipe, 8, i, task)[0] for i in idx], table.lr_scales(),
+                            recipe, batches, torch.device("cpu"), steps=1)
+    keys = record["probe_seconds_per_member_step"]
+    assert isinstance(record["channels_last"], bool) and any(k.endswith("-cl") for k in keys)
+    assert len(keys) == 2 * len([k for k in keys if not k.endswith("-cl")])  # every size x threads, both layouts
+    res, rec, _ = train_members(recipe, 8, [0, 1], task, build_member=build_member)
+    assert "channels_last" in rec and np.isfinite(res.test_loss[-1]).all()

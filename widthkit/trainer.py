@@ -245,21 +245,25 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
                     torch.set_num_threads(threads)
-                    for i in range(steps + 1):
-                        if i == 1:
-                            if device.type == "cuda":
-                                torch.cuda.synchronize()
-                            t0 = time.perf_counter()
-                        ens.step(x, y, recipe.optim.lr * 1e-6)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t = (time.perf_counter() - t0) / steps / k
-                    timings[(k, threads)] = min(t, timings.get((k, threads), math.inf))
+                    for layout in ens.conv_layouts:
+                        ens.channels_last = layout
+                        for i in range(steps + 1):
+                            if i == 1:
+                                if device.type == "cuda":
+                                    torch.cuda.synchronize()
+                                t0 = time.perf_counter()
+                            ens.step(x, y, recipe.optim.lr * 1e-6)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t = (time.perf_counter() - t0) / steps / k
+                        timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)
-    best_k, best_threads = min(timings, key=timings.get)
-    return {"strategy": _strategy_name(best_k, n), "threads": best_threads,
-            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}, **budget}
+    best_k, best_threads, best_layout = min(timings, key=timings.get)
+    layouts = {"channels_last": best_layout} if len({key[2] for key in timings}) > 1 else {}
+    return {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
+            "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
+                                              for (k, t, cl), v in timings.items()}, **budget}
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
@@ -321,7 +325,8 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
             ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
-                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds])
+                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds],
+                           channels_last=record.get("channels_last", False))
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0

@@ -135,3 +135,18 @@ def test_probe_times_both_conv_layouts_and_the_trainer_uses_its_choice(tmp_path)
     assert len(keys) == 2 * len([k for k in keys if not k.endswith("-cl")])  # every size x threads, both layouts
     res, rec, _ = train_members(recipe, 8, [0, 1], task, build_member=build_member)
     assert "channels_last" in rec and np.isfinite(res.test_loss[-1]).all()
+
+
+def test_conv_plan_keeps_less_activation_memory_than_vmap():
+    """vmap's conv rule saves a batched copy per layer; the grouped plan saves each member's activations once."""
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    from widthkit.trainer import activation_bytes
+    members, in_shape = _members("cnn", 8, 4, depth=5)
+    x, y = torch.randn(4, 16, *in_shape), torch.randint(10, (4, 16))
+    plan = Ensemble(members, {}, OptimSpec(), "xent")
+    vm = Ensemble(members, {}, OptimSpec(), "xent")
+    vm._plan = None
+    single = Ensemble(members[:1], {}, OptimSpec(), "xent")
+    assert activation_bytes(plan, x, y) < activation_bytes(vm, x, y)
+    assert activation_bytes(plan, x, y) <= 4 * activation_bytes(single, x[:1], y[:1])

@@ -150,3 +150,87 @@ def test_conv_plan_keeps_less_activation_memory_than_vmap():
     single = Ensemble(members[:1], {}, OptimSpec(), "xent")
     assert activation_bytes(plan, x, y) < activation_bytes(vm, x, y)
     assert activation_bytes(plan, x, y) <= 4 * activation_bytes(single, x[:1], y[:1])
+
+
+def test_compile_decision_counts_the_compile_time_against_the_job():
+    from widthkit import compiled
+    cpu = torch.device("cpu")
+    assert compiled.pays(eager_s=0.010, compiled_s=0.004, compile_s=20, steps=10_000)     # 20 s repaid by 60 s
+    assert not compiled.pays(eager_s=0.010, compiled_s=0.004, compile_s=20, steps=1_000)  # 6 s saved < 20 s
+    assert not compiled.pays(eager_s=0.010, compiled_s=0.011, compile_s=0, steps=10**9)   # never slower than eager
+    assert not compiled.worth_trying(0.001, 1500, cpu)   # the quick start: 1.5 s of steps, not worth a compile
+    assert compiled.worth_trying(0.020, 2000, cpu)       # 40 s of steps: try
+    assert compiled.split_strategy("chunk:2+compile") == ("chunk:2", "compile")
+    assert compiled.split_strategy("auto") == ("auto", "auto")
+
+
+def _tiny_mlp_ensemble():
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    members = []
+    for s in range(2):
+        torch.manual_seed(s)
+        members.append(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.ReLU(),
+                                           torch.nn.Linear(8, 3)))
+    return Ensemble(members, {}, OptimSpec(lr=0.1), "xent")
+
+
+def test_failed_compile_falls_back_to_eager_and_says_so_once(monkeypatch, caplog):
+    from widthkit import compiled
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler\nmore details")
+    monkeypatch.setattr(torch, "compile", broken)
+    ens, ref = _tiny_mlp_ensemble(), _tiny_mlp_ensemble()
+    x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
+    with caplog.at_level("INFO", logger="widthkit"):
+        rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=0.01, steps=10**6, forced=True)
+    assert rec["compile"] is False and "torch.compile failed (RuntimeError: no C++ compiler)" in rec["compile_note"]
+    assert caplog.text.count("torch.compile failed") == 1
+    assert ens._losses == ens._forward_losses  # eager again: the same step as an untouched ensemble
+    torch.testing.assert_close(ens.step(x, y, 0.1)[0], ref.step(x, y, 0.1)[0])
+
+
+def test_losing_compile_is_dropped_and_forbidding_skips_it(monkeypatch, caplog):
+    from widthkit import compiled
+    from widthkit.build import build_member, load_recipe_task
+    from widthkit.errors import WidthkitError
+    from widthkit.trainer import train_members
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: fn)  # "compiles" instantly to the same speed
+    ens = _tiny_mlp_ensemble()
+    x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
+    with caplog.at_level("INFO", logger="widthkit"):
+        rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=1e-9, steps=100)  # slower than a 1 ns eager step
+    assert rec["compile"] is False and "would not pay" in rec["compile_note"] and ens._losses == ens._forward_losses
+    assert caplog.text.count("would not pay") == 1
+    recipe = load_recipe("quickstart", overrides=["train.seeds=2", "train.steps=3", "train.eval_every=3"])
+    task = load_recipe_task(recipe)
+    _, record, _ = train_members(recipe, 8, [0, 1], task, build_member=build_member, strategy="vectorized+eager")
+    assert record["strategy"] == "vectorized" and "compile" not in record
+    _, record, _ = train_members(recipe, 8, [0, 1], task, build_member=build_member, strategy="vectorized+compile")
+    assert record["compile"] is True and record["compile_seconds"] >= 0  # forced, and it worked
+    with pytest.raises(WidthkitError, match=r"\+fast"):
+        train_members(recipe, 8, [0, 1], task, build_member=build_member, strategy="auto+fast")
+
+
+@pytest.mark.parametrize("family", ["mlp", "conv1d"])
+def test_compiled_step_traces_the_plan_and_matches_eager(family):
+    """Dynamo traces the whole batched forward+loss (eager backend: the tracing, not inductor's slow C++ build);
+    training through it gives the eager ensemble's losses and weights."""
+    from widthkit import compiled
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    torch._dynamo.reset()
+    if family == "mlp":
+        ens, ref = _tiny_mlp_ensemble(), _tiny_mlp_ensemble()
+        x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
+    else:
+        members, in_shape = _members("conv1d", 4, 2)
+        ens, ref = (Ensemble(copy.deepcopy(members), {}, OptimSpec(name="adam", lr=1e-2), "xent") for _ in range(2))
+        x, y = torch.randn(2, 8, *in_shape), torch.randint(10, (2, 8))
+    compiled.enable(ens, backend="eager")
+    for i in range(3):
+        torch.testing.assert_close(ens.step(x, y, 0.05 * (i + 1))[0], ref.step(x, y, 0.05 * (i + 1))[0])
+    for k in ref.params:
+        torch.testing.assert_close(ens.params[k], ref.params[k])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really went through dynamo

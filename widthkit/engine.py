@@ -150,6 +150,7 @@ class Ensemble:
         self.conv_layouts = [False, True] if any(k == "conv" and isinstance(a[1], nn.Conv2d)
                                                  for k, a in self._plan or []) else [False]  # channels_last options
         self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="error")
+        self._losses = self._forward_losses
 
     # -------------------------------------------------------------- forward
     def _forward_one(self, params, buffers, x):
@@ -214,10 +215,7 @@ class Ensemble:
         Returns per-member minibatch losses and accuracies [E] (detached, on device;
         accuracy is 0 for regression targets).
         """
-        out = self.forward(x, train=True)
-        losses = member_losses(out.float(), y, self.loss)
-        with torch.no_grad():
-            correct = (out.argmax(-1) == y).float().mean(1) if y.dtype == torch.int64 else torch.zeros_like(losses)
+        losses, correct = self._losses(x, y)
         finite = torch.isfinite(losses)
         newly = self.alive & ~finite
         self.diverged_step = torch.where(newly, torch.full_like(self.diverged_step, self.t), self.diverged_step)
@@ -226,6 +224,15 @@ class Ensemble:
         grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
         self._update(grads, lr)
         return losses.detach(), correct
+
+    def _forward_losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member training losses [E] (float32, differentiable) and accuracies [E] (what
+        :mod:`widthkit.compiled` compiles; ``_losses`` is this or its compiled version)."""
+        out = self.forward(x, train=True)
+        losses = member_losses(out.float(), y, self.loss)
+        with torch.no_grad():
+            correct = (out.argmax(-1) == y).float().mean(1) if y.dtype == torch.int64 else torch.zeros_like(losses)
+        return losses, correct
 
     @torch.no_grad()
     def _update(self, grads, lr: float) -> None:

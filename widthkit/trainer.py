@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compiled
 from .atomic import atomic_path
 from .data import Task
 from .data.prefetch import Prefetch
@@ -215,12 +216,15 @@ def _strategy_name(k: int, n: int) -> str:
 
 
 def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
-                   pinned: int | None = None) -> dict:
-    """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
+                   pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
+    """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
 
     Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
     (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
-    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups);
+    conv nets are timed with NCHW and NHWC feature maps.  Then the winner's step is
+    compiled (:mod:`widthkit.compiled`) if ``compile_mode`` is ``"compile"``, or if it is
+    ``"auto"`` and compiling could pay over the ``job_steps`` steps; it is kept only if it does.
     """
     n = len(batches.seeds)
     max_threads = torch.get_num_threads()
@@ -233,7 +237,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     budget = {} if not recipe.train.memory_budget_mb else {
         "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
-    if len(sizes) * len(thread_options) == 1:
+    if len(sizes) * len(thread_options) == 1 and compile_mode != "compile":
         return {"strategy": _strategy_name(sizes[0], n), **budget}
     x0, y0 = batches(0)
     timings = {}
@@ -259,11 +263,26 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
                         timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)
-    best_k, best_threads, best_layout = min(timings, key=timings.get)
+    best = min(timings, key=timings.get)
+    best_k, best_threads, best_layout = best
     layouts = {"channels_last": best_layout} if len({key[2] for key in timings}) > 1 else {}
-    return {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
-            "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
-                                              for (k, t, cl), v in timings.items()}, **budget}
+    record = {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
+              "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
+                                                for (k, t, cl), v in timings.items()}, **budget}
+    eager_s = timings[best] * best_k
+    if compile_mode == "compile" or (compile_mode == "auto" and compiled.worth_trying(eager_s, job_steps, device)):
+        ens = Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
+                       _autocast_dtype(recipe, device), channels_last=best_layout)
+        if compiled.can_compile(ens):
+            torch.set_num_threads(best_threads)
+            try:
+                record.update(compiled.probe_compile(ens, x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, eager_s,
+                                                     job_steps, forced=compile_mode == "compile"))
+            finally:
+                torch.set_num_threads(max_threads)
+        else:
+            record["compile_note"] = "only the batched plan (MLP, conv1d, CNN without BatchNorm) is compiled"
+    return record
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
@@ -297,9 +316,12 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     if ckpt is not None:
         record = ckpt["record"]
     else:
-        requested = strategy or recipe.train.strategy
-        pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
-        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
+        group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
+        if mode not in compiled.MODES:
+            raise WidthkitError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
+        pinned = None if group == "auto" else _group_sizes(group, len(seeds))
+        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned,
+                                compile_mode=mode, job_steps=total)
     all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
@@ -327,6 +349,8 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
             ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
                            noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds],
                            channels_last=record.get("channels_last", False))
+            if record.get("compile"):
+                compiled.enable(ens)
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0

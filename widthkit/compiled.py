@@ -52,6 +52,9 @@ def pays(eager_s: float, compiled_s: float, compile_s: float, steps: int) -> boo
 def enable(ens: Ensemble, backend: str = "inductor") -> None:
     """Swap the ensemble's training forward+loss for a compiled one (``backend="eager"``: trace only)."""
     mode = compile_mode(ens.device) if backend == "inductor" else None
+    if mode == "reduce-overhead":  # the weights change in place: CUDA graphs read them where they are, no copy
+        for p in ens.params.values():
+            torch._dynamo.mark_static_address(p)
     ens._losses = torch.compile(ens._forward_losses, backend=backend, mode=mode, dynamic=False)
 
 

@@ -91,10 +91,13 @@ class Batches:
             self._online = Prefetch(self._draw, prefetch)
 
     def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU)."""
+        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU, pinned for a GPU)."""
         xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
             derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
-        return torch.stack(xs), torch.stack(ys)
+        x, y = torch.stack(xs), torch.stack(ys)
+        if self.device.type == "cuda":  # page-locked, so the copy to the GPU does not block the step loop
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
 
     def close(self) -> None:
         """Stop drawing ahead (online tasks)."""
@@ -112,7 +115,7 @@ class Batches:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
             x, y = self._online(step)
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         else:
             epoch, pos = divmod(step, self.spe)
             idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]

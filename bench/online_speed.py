@@ -16,6 +16,7 @@ Writes the tables under "## Online data" in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -83,19 +84,22 @@ class TimedBatches(trainer.Batches):
     def __init__(self, *a, **k):
         super().__init__(*a, prefetch=type(self).prefetch, **k)
 
-    def _draw(self, step):
+    @staticmethod
+    @contextlib.contextmanager
+    def clock(total: str):
         t0 = time.perf_counter()
         try:
-            return super()._draw(step)
+            yield
         finally:
-            TimedBatches.generated += time.perf_counter() - t0
+            setattr(TimedBatches, total, getattr(TimedBatches, total) + time.perf_counter() - t0)
+
+    def _draw(self, step):
+        with self.clock("generated"):
+            return super()._draw(step)
 
     def __call__(self, step):
-        t0 = time.perf_counter()
-        try:
+        with self.clock("waited"):
             return super().__call__(step)
-        finally:
-            TimedBatches.waited += time.perf_counter() - t0
 
 
 def job(recipe, task, width: int, before: bool) -> dict:

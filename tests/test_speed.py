@@ -162,6 +162,15 @@ def test_compile_decision_counts_the_compile_time_against_the_job():
     assert compiled.worth_trying(0.020, 2000, cpu)       # 40 s of steps: try
     assert compiled.split_strategy("chunk:2+compile") == ("chunk:2", "compile")
     assert compiled.split_strategy("auto") == ("auto", "auto")
+    built = []
+    x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
+    for mode, eager_s in (("auto", 0.001), ("eager", 1.0)):  # not worth it / forbidden: nothing is even built
+        assert compiled.decide(lambda: built.append(1), x, y, 0.1, eager_s, 1500, mode, 1, cpu) == {} and not built
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    bn, _ = _members("cnn", 4, 2, depth=5, batchnorm=True)
+    rec = compiled.decide(lambda: Ensemble(bn, {}, OptimSpec(), "xent"), x, y, 0.1, 1.0, 10**6, "compile", 1, cpu)
+    assert rec["compile"] is False and "BatchNorm" in rec["compile_note"]
 
 
 def _tiny_mlp_ensemble():

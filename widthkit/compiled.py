@@ -13,6 +13,7 @@ and the reason is recorded and printed once.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -97,3 +98,22 @@ def probe_compile(ens: Ensemble, x: torch.Tensor, y: torch.Tensor, lr: float, ea
                                f"ms per step: it would not pay over {steps} steps; training eager")
         info(rec["compile_note"])
     return rec
+
+
+def decide(make_ensemble: Callable[[], Ensemble], x: torch.Tensor, y: torch.Tensor, lr: float, eager_s: float,
+           steps: int, mode: str, threads: int, device: torch.device) -> dict:
+    """The strategy probe's compile decision for a job of ``steps`` steps whose eager step takes ``eager_s``:
+    ``mode`` "eager" never compiles, "compile" always tries, "auto" tries when it could pay.  Returns the record
+    entries (none when compiling was not considered)."""
+    if mode == "eager" or (mode == "auto" and not worth_trying(eager_s, steps, device)):
+        return {}
+    ens = make_ensemble()
+    if not can_compile(ens):
+        return {"compile": False, "compile_note": "only the batched plan (MLP, conv1d, CNN without BatchNorm) "
+                                                  "is compiled"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return probe_compile(ens, x, y, lr, eager_s, steps, forced=mode == "compile")
+    finally:
+        torch.set_num_threads(before)

@@ -272,19 +272,11 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     record = {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
               "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
                                                 for (k, t, cl), v in timings.items()}, **budget}
-    eager_s = timings[best] * best_k
-    if compile_mode == "compile" or (compile_mode == "auto" and compiled.worth_trying(eager_s, job_steps, device)):
-        ens = Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
-                       _autocast_dtype(recipe, device), channels_last=best_layout)
-        if compiled.can_compile(ens):
-            torch.set_num_threads(best_threads)
-            try:
-                record.update(compiled.probe_compile(ens, x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, eager_s,
-                                                     job_steps, forced=compile_mode == "compile"))
-            finally:
-                torch.set_num_threads(max_threads)
-        else:
-            record["compile_note"] = "only the batched plan (MLP, conv1d, CNN without BatchNorm) is compiled"
+    record.update(compiled.decide(
+        lambda: Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
+                         _autocast_dtype(recipe, device), channels_last=best_layout),
+        x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, timings[best] * best_k, job_steps, compile_mode,
+        best_threads, device))
     return record
 
 

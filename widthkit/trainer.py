@@ -218,13 +218,17 @@ def _strategy_name(k: int, n: int) -> str:
     return "vectorized" if k == n else "loop" if k == 1 else f"chunk:{k}"
 
 
+THREADS_MARGIN = 1.2  # more CPU threads must win the probe by 20%: on a shared machine they can lose 10x later
+
+
 def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
                    pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
     """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
 
     Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
     (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
-    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups);
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups), and
+    more threads are chosen only if they win by ``THREADS_MARGIN``;
     conv nets are timed with NCHW and NHWC feature maps.  Then the winner's step is
     compiled (:mod:`widthkit.compiled`) if ``compile_mode`` is ``"compile"``, or if it is
     ``"auto"`` and compiling could pay over the ``job_steps`` steps; it is kept only if it does.
@@ -266,7 +270,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
                         timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)
-    best = min(timings, key=timings.get)
+    best = min(timings, key=lambda key: timings[key] * (THREADS_MARGIN if key[1] > 1 else 1.0))
     best_k, best_threads, best_layout = best
     layouts = {"channels_last": best_layout} if len({key[2] for key in timings}) > 1 else {}
     record = {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,

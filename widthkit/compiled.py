@@ -21,7 +21,7 @@ from .engine import Ensemble
 from .progress import info
 
 MODES = ("auto", "compile", "eager")  # the strategy suffix: "+compile" forces, "+eager" forbids
-EST_COMPILE_S = {"cpu": 20.0, "cuda": 30.0}  # before measuring: a typical compile on this project's machines
+EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}  # before measuring: a cold compile (42 s for a tiny MLP, 2 busy cores)
 MAX_GAIN = 0.75  # a compiled step saves at most this fraction of the eager step (for deciding to try)
 
 

@@ -9,7 +9,8 @@
    ``--steps`` steps each, as the issue measured them (``data.shared_batches=true``; ``--no-shared`` for one
    stream per member).  "Before" draws with mnist1d's per-sample transform inline in the step loop, as the
    sampler did; "after" is the shipped sampler with background prefetch.  Reported per job: wall time, the
-   time the step loop waited for data, and the generation time spent (in the prefetch thread, "after").
+   time the step loop waited for data, and the generation time spent (in the prefetch thread, "after"); the
+   median job of ``--rounds`` interleaved rounds.
 
 Writes the tables under "## Online data" in bench/RESULTS.md.
 """
@@ -117,18 +118,24 @@ def job(recipe, task, width: int, before: bool) -> dict:
     return {"wall": wall, "wait": TimedBatches.waited, "gen": TimedBatches.generated, "strategy": record["strategy"]}
 
 
-def recipe_rows(widths, steps: int, shared: bool) -> list[dict]:
+def recipe_rows(widths, steps: int, shared: bool, rounds: int) -> list[dict]:
     recipe = load_recipe(RECIPE, overrides=[f"train.steps={steps}", f"train.eval_every={max(steps // 10, 1)}",
                                             f"data.shared_batches={str(shared).lower()}"])
     task = load_recipe_task(recipe)
     rows = []
     for w in widths:
-        res = {"before": job(recipe, task, w, True), "after": job(recipe, task, w, False)}
-        b, a = res["before"], res["after"]
-        rows.append({"width": w, "before": b, "after": a, "speedup": b["wall"] / a["wall"]})
+        runs = {"before": [], "after": []}
+        for _ in range(rounds):  # interleaved: a busy moment of the shared machine hits both ways alike
+            for way in runs:
+                runs[way].append(job(recipe, task, w, way == "before"))
+        med = {way: sorted(v, key=lambda r: r["wall"])[len(v) // 2] for way, v in runs.items()}  # the median job
+        b, a = med["before"], med["after"]
+        rows.append({"width": w, "before": b, "after": a, "speedup": b["wall"] / a["wall"],
+                     "after_walls": [r["wall"] for r in runs["after"]], "before_walls": [r["wall"] for r in runs["before"]]})
         print(f"width {w:4d}: before {b['wall']:6.1f} s (data wait {b['wait'] / b['wall']:.0%}) | after "
               f"{a['wall']:6.1f} s (data wait {a['wait'] / a['wall']:.1%}, generation {a['gen'] / a['wall']:.1%} "
-              f"of the job, in the background) | x{rows[-1]['speedup']:.1f}", flush=True)
+              f"of the job, in the background) | x{rows[-1]['speedup']:.1f}  (all rounds: before "
+              f"{rows[-1]['before_walls']}, after {rows[-1]['after_walls']})", flush=True)
     return rows
 
 
@@ -139,7 +146,8 @@ def markdown(a, gen, rows) -> str:
            "| generator | samples / s | vs per-sample |", "|---|---|---|"]
     out += [f"| {r['way']} | {r['rate']:,.0f} | **{r['ratio']:.0f}x** |" for r in gen]
     out += ["", f"`recipes/mnist1d-online.toml` jobs ({a.steps} steps x 4 seeds, evaluation every {max(a.steps // 10, 1)}"
-            f" steps, shared_batches={'false' if a.no_shared else 'true'}): before = mnist1d's per-sample transform "
+            f" steps, shared_batches={'false' if a.no_shared else 'true'}; the median of {a.rounds} interleaved "
+            "rounds): before = mnist1d's per-sample transform "
             "drawn inline in the step loop (the old sampler); after = the batched sampler with background prefetch. "
             "\"Data wait\" is the step loop's time blocked on data, \"generation\" the time spent making batches "
             "(in the prefetch thread, overlapping the steps).", "",
@@ -160,14 +168,14 @@ DEFAULT_THREADS = torch.get_num_threads()
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="16,32,64")
-    ap.add_argument("--steps", type=int, default=500, help="training steps per job")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the generator comparison")
+    ap.add_argument("--steps", type=int, default=300, help="training steps per job")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (generator and jobs)")
     ap.add_argument("--no-shared", action="store_true", help="one data stream per member")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     a = ap.parse_args(argv)
     recipe = load_recipe(RECIPE)
     gen = generator_rows(load_recipe_task(recipe), a.rounds)
-    rows = recipe_rows([int(w) for w in a.widths.split(",") if w], a.steps, not a.no_shared)
+    rows = recipe_rows([int(w) for w in a.widths.split(",") if w], a.steps, not a.no_shared, a.rounds)
     text = markdown(a, gen, rows)
     print("\n" + text)
     if not a.no_write:

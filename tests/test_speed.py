@@ -44,7 +44,7 @@ def test_prefetch_runs_ahead_in_one_single_threaded_worker():
 
 
 def test_ridge_solver_matches_sklearn_in_both_shapes():
-    """The Gram/eigh ridge solver (probes, transfer's R^2) agrees with sklearn's Ridge, n > D and D > n."""
+    """The Cholesky ridge solver (probes, transfer's R^2) agrees with sklearn's Ridge, n > D and D > n."""
     from sklearn.linear_model import Ridge
 
     from widthkit.probes import _ridge_solutions

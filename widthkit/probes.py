@@ -132,22 +132,24 @@ def _sgd_epochs(head, opt, sched, X, Y, l2, epochs, batch_size, g) -> None:
 
 
 def _ridge_solutions(x, t, alphas):
-    """Ridge (intercept unpenalized) for every alpha from one eigendecomposition of the centred design's Gram
-    matrix, the smaller of X^T X [D,D] and X X^T [n,n]: exact, and about 4x faster than the design's SVD.
+    """Ridge (intercept unpenalized) for every alpha: one Cholesky solve of the centred Gram system per alpha, in
+    the smaller of the primal ``X^T X`` [D,D] and dual ``X X^T`` [n,n] forms.  Exact, and 3-4x faster than a
+    decomposition of the design (an SVD or eigendecomposition) for the 8 alphas of a validation search.
 
     Yields ``(alpha, W [K,D], b [K])`` with ``W = (X^T X + alpha I)^-1 X^T T = X^T (X X^T + alpha I)^-1 T``.
     """
+    from scipy.linalg import cho_factor, cho_solve
     x = np.asarray(x, np.float64)
     t = np.asarray(t, np.float64)
     xm, tm = x.mean(0), t.mean(0)
     xc, tc = x - xm, t - tm
     primal = xc.shape[0] >= xc.shape[1]
-    s2, V = np.linalg.eigh(xc.T @ xc if primal else xc @ xc.T)
-    s2 = np.maximum(s2, 0.0)  # rounding can leave tiny negative eigenvalues
-    Q = V.T @ (xc.T @ tc if primal else tc)
-    left = V if primal else xc.T @ V
+    gram = xc.T @ xc if primal else xc @ xc.T
+    rhs = xc.T @ tc if primal else tc
+    eye = np.eye(len(gram))
     for a in alphas:
-        W = left @ (Q / (s2 + a)[:, None])     # [D, K]
+        sol = cho_solve(cho_factor(gram + a * eye), rhs)
+        W = sol if primal else xc.T @ sol     # [D, K]
         yield a, W.T, tm - xm @ W
 
 

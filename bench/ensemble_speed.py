@@ -182,6 +182,10 @@ def measure_memory(family, width, members, way, strategy, threads, channels_last
     recipe = bench_recipe(family, members)
     task = load_recipe_task(recipe)
     Batches(recipe, task, recipe.train.seeds, torch.device("cpu"))(0)
+    tiny = torch.nn.Linear(2, 2)  # torch.optim's first step imports ~140 MiB of modules (sympy...): not the loop's
+    warm = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    tiny(torch.zeros(1, 2)).sum().backward()
+    warm.step()
     open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
     base = _rss_kb("VmRSS")
     models, scales, batches = setup(recipe, width, task)

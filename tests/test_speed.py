@@ -162,6 +162,10 @@ def test_compile_decision_counts_the_compile_time_against_the_job():
     assert compiled.worth_trying(0.020, 5000, cpu)       # 100 s of steps: try
     assert compiled.split_strategy("chunk:2+compile") == ("chunk:2", "compile")
     assert compiled.split_strategy("auto") == ("auto", "auto")
+    from widthkit.errors import WidthkitError
+    assert load_recipe("quickstart", overrides=["train.strategy=chunk:2+compile"]).train.strategy == "chunk:2+compile"
+    with pytest.raises(WidthkitError, match=r"optionally with \+compile or \+eager"):
+        load_recipe("quickstart", overrides=["train.strategy=auto+fast"])
     built = []
     x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
     for mode, eager_s in (("auto", 0.001), ("eager", 1.0)):  # not worth it / forbidden: nothing is even built

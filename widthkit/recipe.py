@@ -72,7 +72,7 @@ class TrainSpec:
     checkpoint_every: NonNegativeInt = 500
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
-    strategy: str = "auto"        # auto | vectorized | loop | chunk:N
+    strategy: str = "auto"        # auto | vectorized | loop | chunk:N, optionally +compile | +eager
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
 
@@ -152,9 +152,11 @@ def _validate(r: Recipe) -> None:
     if r.train.epochs <= 0 and r.train.steps <= 0:
         raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
-    st = r.train.strategy
-    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)):
-        raise WidthkitError(f"recipe key 'train.strategy' is '{st}'; choose auto, vectorized, loop or chunk:N")
+    st, _, mode = r.train.strategy.partition("+")
+    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)) \
+            or mode not in ("", "auto", "compile", "eager"):
+        raise WidthkitError(f"recipe key 'train.strategy' is '{r.train.strategy}'; choose auto, vectorized, loop or "
+                            "chunk:N, optionally with +compile or +eager")
     if len(r.optim.betas) != 2:
         raise WidthkitError("recipe key 'optim.betas' must be two numbers, like [0.9, 0.999]")
     from .models import model_kwargs  # validates family and its hyper-parameters

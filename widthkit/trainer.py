@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import grid, snapshots
+from . import compiled, grid, snapshots
 from .atomic import atomic_path
 from .data import Task
+from .data.prefetch import Prefetch
 from .engine import Ensemble, lr_at, member_losses
 from .errors import WidthkitError
 from .param import ParamTable
@@ -71,9 +72,11 @@ class Batches:
     every epoch.  Online tasks: each member draws fresh samples every step.  With
     ``data.shared_batches`` every member gets the same batches, so members differ only
     in their initialization (the ensemble variance is then init variance alone).
+    Online batches are drawn ``prefetch`` steps ahead in a background thread (0: inline);
+    each is a pure function of its step, so the timing never changes them.
     """
 
-    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device):
+    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device, prefetch: int = 2):
         self.task, self.seeds, self.device = task, seeds, device
         self.recipe_seed = recipe.seed
         self.B = batch_size(recipe, task)
@@ -86,6 +89,22 @@ class Batches:
         if not self.online:
             self.x = task.x_train.to(device)
             self.y = task.y_train.to(device)
+        else:
+            self._online = Prefetch(self._draw, prefetch)
+
+    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU, pinned for a GPU)."""
+        xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
+            derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
+        x, y = torch.stack(xs), torch.stack(ys)
+        if self.device.type == "cuda":  # page-locked, so the copy to the GPU does not block the step loop
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def close(self) -> None:
+        """Stop drawing ahead (online tasks)."""
+        if self.online:
+            self._online.close()
 
     def _permutations(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
@@ -97,9 +116,8 @@ class Batches:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
-            xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
-                derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
-            x, y = torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+            x, y = self._online(step)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         else:
             epoch, pos = divmod(step, self.spe)
             idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
@@ -207,13 +225,20 @@ def _strategy_name(k: int, n: int) -> str:
     return "vectorized" if k == n else "loop" if k == 1 else f"chunk:{k}"
 
 
+THREADS_MARGIN = 1.2  # more CPU threads must win the probe by 20%: on a shared machine they can lose 10x later
+
+
 def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
-                   pinned: int | None = None) -> dict:
-    """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
+                   pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
+    """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
 
     Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
     (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
-    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups), and
+    more threads are chosen only if they win by ``THREADS_MARGIN``;
+    conv nets are timed with NCHW and NHWC feature maps.  Then the winner's step is
+    compiled (:mod:`widthkit.compiled`) if ``compile_mode`` is ``"compile"``, or if it is
+    ``"auto"`` and compiling could pay over the ``job_steps`` steps; it is kept only if it does.
     """
     n = len(batches.seeds)
     max_threads = torch.get_num_threads()
@@ -226,7 +251,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     budget = {} if not recipe.train.memory_budget_mb else {
         "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
-    if len(sizes) * len(thread_options) == 1:
+    if len(sizes) * len(thread_options) == 1 and compile_mode != "compile":
         return {"strategy": _strategy_name(sizes[0], n), **budget}
     x0, y0 = batches(0)
     timings = {}
@@ -238,21 +263,32 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
                     torch.set_num_threads(threads)
-                    for i in range(steps + 1):
-                        if i == 1:
-                            if device.type == "cuda":
-                                torch.cuda.synchronize()
-                            t0 = time.perf_counter()
-                        ens.step(x, y, recipe.optim.lr * 1e-6)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t = (time.perf_counter() - t0) / steps / k
-                    timings[(k, threads)] = min(t, timings.get((k, threads), math.inf))
+                    for layout in ens.conv_layouts:
+                        ens.channels_last = layout
+                        for i in range(steps + 1):
+                            if i == 1:
+                                if device.type == "cuda":
+                                    torch.cuda.synchronize()
+                                t0 = time.perf_counter()
+                            ens.step(x, y, recipe.optim.lr * 1e-6)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t = (time.perf_counter() - t0) / steps / k
+                        timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)
-    best_k, best_threads = min(timings, key=timings.get)
-    return {"strategy": _strategy_name(best_k, n), "threads": best_threads,
-            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}, **budget}
+    best = min(timings, key=lambda key: timings[key] * (THREADS_MARGIN if key[1] > 1 else 1.0))
+    best_k, best_threads, best_layout = best
+    layouts = {"channels_last": best_layout} if len({key[2] for key in timings}) > 1 else {}
+    record = {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
+              "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
+                                                for (k, t, cl), v in timings.items()}, **budget}
+    record.update(compiled.decide(
+        lambda: Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
+                         _autocast_dtype(recipe, device), channels_last=best_layout),
+        x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, timings[best] * best_k, job_steps, compile_mode,
+        best_threads, device))
+    return record
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
@@ -286,9 +322,13 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     if ckpt is not None:
         record = ckpt["record"]
     else:
-        requested = strategy or recipe.train.strategy
-        pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
-        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
+        group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
+        if mode not in compiled.MODES:
+            raise WidthkitError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
+        pinned = None if group == "auto" else _group_sizes(group, len(seeds))
+        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned,
+                                compile_mode=mode, job_steps=total)
+    all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
     done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
@@ -314,7 +354,10 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
             ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
-                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds])
+                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds],
+                           channels_last=record.get("channels_last", False))
+            if record.get("compile"):
+                compiled.enable(ens)
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0
@@ -359,6 +402,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 acc_sum += correct
                 n_since += 1
                 pbar.advance(len(group))
+            batches.close()
             res.diverged_step = ens.diverged_step.cpu().numpy()
             res.state = {k: v.detach().cpu().numpy() for k, v in ens.state_dict()["params"].items()}
             res.state.update({k: v.cpu().numpy() for k, v in ens.buffers.items()})

@@ -82,9 +82,11 @@ def _members(family: str, width: int, n: int, **model):
     return out, in_shape
 
 
-@pytest.mark.parametrize("family,model", [("conv1d", {}), ("cnn", {"depth": 5}), ("cnn", {"pool": "max"})])
+@pytest.mark.parametrize("family,model", [("conv1d", {}), ("conv1d", {"pool": "avg", "kernel_size": 3}),
+                                          ("cnn", {"depth": 5}), ("cnn", {"pool": "max"})])
 def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
-    """Grouped convolutions (members as groups), NCHW or NHWC, give vmap's outputs and training steps."""
+    """Grouped convolutions (members as groups), NCHW or NHWC (1-D maps as height-1 2-D ones), give vmap's
+    outputs and training steps."""
     from widthkit.engine import Ensemble
     from widthkit.recipe import OptimSpec
     members, in_shape = _members(family, 8, 3, **model)
@@ -95,7 +97,7 @@ def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
     ref._plan = None  # vmap(functional_call) over the plain modules
     ways = [Ensemble(copy.deepcopy(members), {}, opt, "xent", channels_last=cl) for cl in (False, True)]
     assert all(w._plan is not None and w._plan[0][0] == "members_as_channels" for w in ways)
-    assert ways[0].conv_layouts == ([False] if family == "conv1d" else [False, True])
+    assert ways[0].conv_layouts == [False, True]
     for _ in range(3):
         lr, _ = ref.step(x, y, 1e-2)
         for w in ways:

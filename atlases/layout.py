@@ -110,7 +110,7 @@ def _import_umap():
             if isinstance(fn, Dispatcher) and not fn.signatures and isinstance(fn._cache, NullCache):
                 try:
                     fn.enable_caching()
-                except RuntimeError:  # no writable cache directory: compile as usual
+                except (RuntimeError, OSError):  # no writable cache directory: compile as usual
                     return umap
     return umap
 

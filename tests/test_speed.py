@@ -82,9 +82,11 @@ def _members(family: str, width: int, n: int, **model):
     return out, in_shape
 
 
-@pytest.mark.parametrize("family,model", [("conv1d", {}), ("cnn", {"depth": 5}), ("cnn", {"pool": "max"})])
+@pytest.mark.parametrize("family,model", [("conv1d", {}), ("conv1d", {"pool": "avg", "kernel_size": 3}),
+                                          ("cnn", {"depth": 5}), ("cnn", {"pool": "max"})])
 def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
-    """Grouped convolutions (members as groups), NCHW or NHWC, give vmap's outputs and training steps."""
+    """Grouped convolutions (members as groups), NCHW or NHWC (1-D maps as height-1 2-D ones), give vmap's
+    outputs and training steps."""
     from widthkit.engine import Ensemble
     from widthkit.recipe import OptimSpec
     members, in_shape = _members(family, 8, 3, **model)
@@ -95,7 +97,7 @@ def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
     ref._plan = None  # vmap(functional_call) over the plain modules
     ways = [Ensemble(copy.deepcopy(members), {}, opt, "xent", channels_last=cl) for cl in (False, True)]
     assert all(w._plan is not None and w._plan[0][0] == "members_as_channels" for w in ways)
-    assert ways[0].conv_layouts == ([False] if family == "conv1d" else [False, True])
+    assert ways[0].conv_layouts == [False, True]
     for _ in range(3):
         lr, _ = ref.step(x, y, 1e-2)
         for w in ways:
@@ -159,7 +161,9 @@ def test_compile_decision_counts_the_compile_time_against_the_job():
     assert not compiled.pays(eager_s=0.010, compiled_s=0.004, compile_s=20, steps=1_000)  # 6 s saved < 20 s
     assert not compiled.pays(eager_s=0.010, compiled_s=0.011, compile_s=0, steps=10**9)   # never slower than eager
     assert not compiled.worth_trying(0.001, 1500, cpu)   # the quick start: 1.5 s of steps, not worth a compile
-    assert compiled.worth_trying(0.020, 5000, cpu)       # 100 s of steps: try
+    assert not compiled.worth_trying(0.020, 5000, cpu)   # 100 s of steps could save 25 s < a 45 s compile
+    assert compiled.worth_trying(0.050, 5000, cpu)       # 250 s of steps: try
+    assert compiled.worth_trying(0.002, 50_000, torch.device("cuda"))  # CUDA graphs save more
     assert compiled.split_strategy("chunk:2+compile") == ("chunk:2", "compile")
     assert compiled.split_strategy("auto") == ("auto", "auto")
     from widthkit.errors import WidthkitError

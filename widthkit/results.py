@@ -160,6 +160,8 @@ class Result:
         if not isinstance(d, dict):
             raise ResultFileError(f"result file '{path}' is not a JSON object; rerun the analysis that wrote it")
         try:
-            return cls.from_dict(d)
+            res = cls.from_dict(d)
         except ResultFileError as e:
             raise ResultFileError(f"result file '{path}' {e}; rerun the analysis that wrote it") from None
+        res._folder = path.parent  # where its figures and files are (plot() and the notebook view read them)
+        return res

@@ -164,9 +164,7 @@ class Analysis:
 
     def load(self, folder: Path):
         """The saved result in ``folder`` (one-line ResultFileError if unreadable or of an old schema)."""
-        res = self.Result.load(self.result_path(folder))
-        res._folder = Path(folder)
-        return res
+        return self.Result.load(self.result_path(folder))
 
 
 _REGISTRY: dict[str, Analysis] = {}

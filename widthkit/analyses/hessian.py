@@ -1,8 +1,8 @@
 """``hessian``: the loss curvature of trained members against width: trace, top eigenvalues, spectral density.
 
-For each width, one member's final weights (from the run store) and the mean training loss over the
-first ``examples`` training examples give the curvature operator (the Hessian, or the Gauss-Newton
-matrix), in plain parameter coordinates.  Its trace is estimated by Hutch++, its top eigenvalues by
+For each width, one member's weights (the final ones from the run store, or those after ``step`` steps,
+retrained) and the mean training loss over the first ``examples`` training examples give the curvature
+operator (the Hessian, or the Gauss-Newton matrix), in plain parameter coordinates.  Its trace is estimated by Hutch++, its top eigenvalues by
 Lanczos, and its spectral density by deflated stochastic Lanczos quadrature
 (:mod:`widthkit.dynamics.curvature`).  The densities of all widths share one figure (log density, as
 Ghorbani et al. 2019 and Papyan 2020 show them); trace and top eigenvalue are fitted as powers of width.
@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from .. import fmt
+from ..build import build_architecture, build_member
 from ..dynamics.curvature import OPERATORS, Curvature, curvature, density
 from ..dynamics.setup import subset
 from ..errors import WidthkitError
@@ -22,6 +25,7 @@ from ..fitting import LineFit, fit_power_law
 from ..plots import figure, loglog_fit_line, save, width_colors
 from ..results import Result
 from ..store import analysable_widths
+from ..trainer import train_members
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
 DENSITY, VS_WIDTH = "hessian_density.png", "hessian_width.png"
@@ -33,6 +37,8 @@ class HessianOptions:
 
     width: list[int] = opt([], "widths to measure (repeatable; default: every finished width)")
     seed: int = opt(-1, "member seed (-1: the first)")
+    step: int = opt(-1, "training step of the weights (-1: the final ones, from the store; else the member is "
+                        "retrained to that step, deterministically)")
     operator: str = opt("hessian", "curvature matrix: hessian or gauss-newton")
     examples: int = opt(256, "the loss is the mean over the first N training examples")
     queries: int = opt(30, "Hutch++ matrix-vector products for the trace (a multiple of 3)")
@@ -43,19 +49,40 @@ class HessianOptions:
 
 @dataclass
 class HessianResult(Result):
-    """One :class:`Curvature` per width (same seed and examples), and power-law fits against width."""
+    """One :class:`Curvature` per width (same seed, step and examples), and power-law fits against width."""
 
     operator: str
     widths: list[int]
     seed: int
+    step: int
     examples: int
     curvature: list[Curvature]
     trace_fit: LineFit
     top_fit: LineFit
 
 
+def member_at(view, width: int, seed: int, step: int) -> nn.Module:
+    """Member (width, seed) with its weights after ``step`` training steps (-1 or the last step: the stored ones).
+
+    Earlier weights are not stored, so the member is trained again to ``step`` with the run's recipe (the
+    same init, batches and lr schedule: training is a function of the seeds and the step).
+    """
+    final = int(view.metrics(width)["step"][-1])
+    if step < 0 or step == final:
+        return view.load_member(width, seed)
+    if step > final:
+        raise WidthkitError(f"`step={step}` is past the run's last step ({final}); pass a step from 0 to {final}")
+    task = view.task()
+    with torch.enable_grad():
+        res, _, _ = train_members(view.recipe, width, [seed], task, build_member=build_member, stop_at=step,
+                                  label=f"width {width}, seed {seed} to step {step}")
+    model = build_architecture(view.recipe, width, task)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v[0])) for k, v in res.state.items()})
+    return model.eval()
+
+
 def measure(view, o: HessianOptions) -> HessianResult:
-    """The curvature of member ``o.seed`` at each of ``o.width`` (float64, training mode, buffers kept)."""
+    """The curvature of member ``o.seed`` after ``o.step`` steps at each of ``o.width`` (float64, training mode)."""
     if o.operator not in OPERATORS:
         raise WidthkitError(f"`operator={o.operator!r}` is not one of {', '.join(OPERATORS)}")
     widths = sorted(o.width) if o.width else analysable_widths(view)
@@ -68,10 +95,10 @@ def measure(view, o: HessianOptions) -> HessianResult:
     y = y.double() if y.is_floating_point() else y
     t = view.targets()
     k = o.top_k or (int(t.max()) + 1 if t.ndim == 1 else t.shape[-1])
-    curves = [curvature(view.load_member(w, seed).double(), view.loss_name, (x, y), operator=o.operator,
+    curves = [curvature(member_at(view, w, seed, o.step).double(), view.loss_name, (x, y), operator=o.operator,
                         queries=o.queries, lanczos_steps=o.lanczos_steps, repeats=o.repeats, top_k=k, seed=seed)
               for w in widths]
-    return HessianResult(o.operator, widths, seed, len(x), curves,
+    return HessianResult(o.operator, widths, seed, o.step, len(x), curves,
                          fit_power_law(widths, [c.trace for c in curves]),
                          fit_power_law(widths, [c.top[0] for c in curves]))
 
@@ -150,7 +177,8 @@ class Hessian(Analysis):
             + _trend(tops, res.widths, res.top_fit, "top eigenvalue") + ".",
             f"The top {k} eigenvalues hold {fmt.num(1 - bulk[0])} of the trace at N={res.widths[0]} and "
             f"{fmt.num(1 - bulk[-1])} at N={res.widths[-1]}; the other eigenvalues (the bulk) hold the rest."],
-            tables=[Table(f"member seed {res.seed}, loss on {res.examples} training examples; trace by "
+            tables=[Table(f"member seed {res.seed} at step {'final' if res.step < 0 else res.step}, loss on "
+                          f"{res.examples} training examples; trace by "
                           f"{res.curvature[0].trace_method} ({res.curvature[0].queries} queries)",
                           ["width", "params", "trace", "trace / P", "tr(A²) / P", f"top {k}"], rows)],
             figures=[Figure(folder / DENSITY, f"SLQ spectral densities of {len(res.widths)} widths; the largest "

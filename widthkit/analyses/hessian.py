@@ -40,6 +40,8 @@ class HessianOptions:
     step: int = opt(-1, "training step of the weights (-1: the final ones, from the store; else the member is "
                         "retrained to that step, deterministically)")
     operator: str = opt("hessian", "curvature matrix: hessian or gauss-newton")
+    lr_scaled: bool = opt(False, "measure S^1/2 A S^1/2 with S the per-parameter lr scales (muP's), the "
+                                 "coordinates in which the optimizer is plain gradient descent")
     examples: int = opt(256, "the loss is the mean over the first N training examples")
     queries: int = opt(30, "Hutch++ matrix-vector products for the trace (a multiple of 3)")
     lanczos_steps: int = opt(30, "Lanczos steps per SLQ run")
@@ -55,6 +57,7 @@ class HessianResult(Result):
     widths: list[int]
     seed: int
     step: int
+    lr_scaled: bool
     examples: int
     curvature: list[Curvature]
     trace_fit: LineFit
@@ -95,10 +98,13 @@ def measure(view, o: HessianOptions) -> HessianResult:
     y = y.double() if y.is_floating_point() else y
     t = view.targets()
     k = o.top_k or (int(t.max()) + 1 if t.ndim == 1 else t.shape[-1])
-    curves = [curvature(member_at(view, w, seed, o.step).double(), view.loss_name, (x, y), operator=o.operator,
-                        queries=o.queries, lanczos_steps=o.lanczos_steps, repeats=o.repeats, top_k=k, seed=seed)
-              for w in widths]
-    return HessianResult(o.operator, widths, seed, o.step, len(x), curves,
+    curves = []
+    for w in widths:
+        scales = build_member(view.recipe, w, seed, view.task())[1].lr_scales() if o.lr_scaled else None
+        curves.append(curvature(member_at(view, w, seed, o.step).double(), view.loss_name, (x, y),
+                                operator=o.operator, queries=o.queries, lanczos_steps=o.lanczos_steps,
+                                repeats=o.repeats, top_k=k, seed=seed, lr_scales=scales))
+    return HessianResult(o.operator, widths, seed, o.step, o.lr_scaled, len(x), curves,
                          fit_power_law(widths, [c.trace for c in curves]),
                          fit_power_law(widths, [c.top[0] for c in curves]))
 
@@ -131,6 +137,8 @@ def plot_vs_width(res: HessianResult, path: Path) -> Path:
         if np.isfinite(f.slope):
             loglog_fit_line(ax, res.widths, f.slope, f.intercept, label=f"N^{f.slope:.2f}")
             ax.legend(fontsize=8)
+        ax.set_xticks(res.widths, [str(w) for w in res.widths])
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("width N")
         ax.set_title(name)
     return save(fig, path)
@@ -187,4 +195,5 @@ class Hessian(Analysis):
                      Figure(folder / VS_WIDTH, _trend(traces, res.widths, res.trace_fit, "trace") + ".")],
             notes={"operator": "Hessian of the mean training loss (double backward); gauss-newton: J^T H_L J",
                    "density": "deflated SLQ: top eigenvalues exact, the rest from Lanczos runs on the complement",
-                   "coordinates": "plain parameters (no per-parameter lr scaling)"})]
+                   "coordinates": "S^1/2 A S^1/2, S = per-parameter lr scales" if res.lr_scaled
+                   else "plain parameters (no per-parameter lr scaling)"})]

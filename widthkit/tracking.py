@@ -111,8 +111,7 @@ class _TensorBoard:
     """One event-file directory per job: ``RUN/tensorboard/<job>`` (``tensorboard --logdir RUN/tensorboard``)."""
 
     def __init__(self, job: JobInfo):
-        optional_import("tensorboard", "tensorboard", "train.loggers = ['tensorboard']")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard extra (check_loggers)
         self.writer = SummaryWriter(log_dir=str(job.run_dir / "tensorboard" / job.job_id))
         self.writer.add_text("recipe", "```\n" + json.dumps(job.config, indent=1) + "\n```")
         self.writer.add_text("tags", " | ".join(f"{k}: {v}" for k, v in job.tags.items()))
@@ -129,7 +128,7 @@ class _WandB:
     """One W&B run per job: project = recipe name, group = grid point, name = job id, offline by default."""
 
     def __init__(self, job: JobInfo):
-        wandb = optional_import("wandb", "wandb", "train.loggers = ['wandb']")
+        import wandb
         job.run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=job.recipe.name, group=job.point_key or job.recipe.name, name=job.job_id,
                               job_type="train", config=job.config, dir=str(job.run_dir),
@@ -149,7 +148,6 @@ class _MLflow:
     so runs in one process never share global state)."""
 
     def __init__(self, job: JobInfo):
-        optional_import("mlflow", "mlflow", "train.loggers = ['mlflow']")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -196,6 +194,8 @@ def check_loggers(names: list[str]) -> None:
 
 class JobLogger:
     """Fans one job's evaluations out to its tracking runs (see the module docstring for the names).
+
+    A job resumed from its checkpoint opens new tracking runs (same names) that continue from that step.
 
     ``targets`` [N] (labels) or [N, K] and ``loss`` give the ensemble's loss.  Use as a context manager;
     :meth:`eval` is the trainer's ``on_eval`` hook, :meth:`log` takes one evaluation of any members.

@@ -177,12 +177,15 @@ def test_ray_worker_logs_the_same_curves_in_another_grouping(tracked, tmp_path):
     ray = pytest.importorskip("ray")
     run, _ = tracked
     (tmp_path / "r.toml").write_text(RECIPE.format(loggers='["tensorboard"]').replace("vectorized", "loop"))
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    owned = not ray.is_initialized()
+    if owned:
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
     try:
         from widthkit.executors import RayExecutor
         train_ladder(tmp_path / "r.toml", tmp_path / "run", executor=RayExecutor())
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
     # one member at a time: the mean and ensemble are logged when the job's last member reaches the step
     assert_same(read_tensorboard(tmp_path / "run"), read_tensorboard(run.path), rtol=1e-4)
 

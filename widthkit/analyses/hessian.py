@@ -35,7 +35,7 @@ DENSITY, VS_WIDTH = "hessian_density.png", "hessian_width.png"
 class HessianOptions:
     """The ``[hessian]`` recipe table, the ``widthkit hessian`` flags and the keyword arguments."""
 
-    width: list[int] = opt([], "widths to measure (repeatable; default: every finished width)")
+    width: list[int] = opt([], "widths to measure, e.g. --width 16 64 (default: every finished width)")
     seed: int = opt(-1, "member seed (-1: the first)")
     step: int = opt(-1, "training step of the weights (-1: the final ones, from the store; else the member is "
                         "retrained to that step, deterministically)")

@@ -20,5 +20,4 @@ def run(args) -> int:
     where = {"tensorboard": "tensorboard --logdir {}/tensorboard", "wandb": "wandb sync {}/wandb/offline-run-*",
              "mlflow": "mlflow ui --backend-store-uri {}/mlruns"}[args.to]
     info(f"exported to {out}; view with `{where.format(out)}`")
-    print(out)
     return 0

@@ -24,7 +24,8 @@ from widthkit.store import open_run
 
 from test_ensemble_bias import tiny_run_path as _train_tiny  # a 4-width, 3-seed digits ladder, trained once
 
-EXPECTED = {"ensemble-bias", "transfer", "atlas", "atlas-width", "lr-phase", "subspace", "ntk-scaling", "coord-check", "hessian"}
+EXPECTED = {"ensemble-bias", "transfer", "atlas", "atlas-width", "lr-phase", "subspace", "ntk-scaling", "coord-check",
+            "consistency", "hessian"}
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,12 @@ def loglog_fit_line(ax, x, slope: float, intercept: float, label: str | None = N
     """Draw y = exp(intercept) * x**slope on log-log axes over the range of ``x``."""
     x = np.asarray(sorted(x), dtype=float)
     ax.plot(x, np.exp(intercept) * x ** slope, "--", color=kw.pop("color", "k"), label=label, **kw)
+
+
+def time_axis(ax, log: bool) -> None:
+    """Label ``ax``'s x axis as training steps; logarithmic (linear below step 1, so step 0 shows) when the
+    step grid is log-spaced (``train.eval_every = "log:K"``)."""
+    if log:
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)
+    ax.set_xlabel("step" + (" (log)" if log else ""))

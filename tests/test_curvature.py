@@ -115,21 +115,21 @@ def test_gauss_newton_equals_dense_jacobian_product(loss):
 
 
 def test_member_retrained_to_a_step_gives_the_stored_outputs_there(tmp_path_factory):
-    """``widthkit hessian --step S`` retrains the member to step S: its test outputs equal those the ladder stored
-    at S, and at the final step its weights equal the stored ones."""
+    """``widthkit hessian --step S`` off the snapshots retrains the member to step S: its test outputs equal those
+    the ladder stored at S; one step short of the end, its weights are not the final ones."""
     from test_ensemble_bias import tiny_run_path
-    from widthkit.analyses.hessian import member_at
+    from widthkit.analyses.hessian import member_at, retrained_member
     from widthkit.store import open_run
     view = open_run(tiny_run_path(tmp_path_factory)).select(0)
     w, seed = view.widths[1], view.seeds[1]
     x = view.task().x_test
     for step in view.logit_steps(w)[1:-1]:
-        model = member_at(view, w, seed, int(step))
+        model = retrained_member(view, w, seed, int(step))
         with torch.no_grad():
             out = model(x)
         np.testing.assert_allclose(out.numpy(), view.logits(w, int(step))[1], rtol=0, atol=1e-4)
     final = int(view.logit_steps(w)[-1])
-    retrained = member_at(view, w, seed, final - 1)  # one step short of the stored weights: not equal
+    retrained = retrained_member(view, w, seed, final - 1)
     stored = view.load_member(w, seed)
     assert any(not torch.equal(a, b) for a, b in zip(retrained.state_dict().values(), stored.state_dict().values()))
     with pytest.raises(WidthkitError, match="past the run's last step"):

@@ -1,7 +1,7 @@
 """``hessian``: the loss curvature of trained members against width: trace, top eigenvalues, spectral density.
 
-For each width, one member's weights (the final ones from the run store, or those after ``step`` steps,
-retrained) and the mean training loss over the first ``examples`` training examples give the curvature
+For each width, one member's weights (the final ones or a snapshot from the run store, or those after
+``step`` steps, retrained) and the mean training loss over the first ``examples`` training examples give the curvature
 operator (the Hessian, or the Gauss-Newton matrix), in plain parameter coordinates.  Its trace is estimated by Hutch++, its top eigenvalues by
 Lanczos, and its spectral density by deflated stochastic Lanczos quadrature
 (:mod:`widthkit.dynamics.curvature`).  The densities of all widths share one figure (log density, as
@@ -37,8 +37,8 @@ class HessianOptions:
 
     width: list[int] = opt([], "widths to measure, e.g. --width 16 64 (default: every finished width)")
     seed: int = opt(-1, "member seed (-1: the first)")
-    step: int = opt(-1, "training step of the weights (-1: the final ones, from the store; else the member is "
-                        "retrained to that step, deterministically)")
+    step: int = opt(-1, "training step of the weights (-1: the final ones; a snapshot step is read from the "
+                        "store, another step is retrained, deterministically)")
     operator: str = opt("hessian", "curvature matrix: hessian or gauss-newton")
     lr_scaled: bool = opt(False, "measure S^1/2 A S^1/2 with S the per-parameter lr scales (muP's), the "
                                  "coordinates in which the optimizer is plain gradient descent")
@@ -65,16 +65,23 @@ class HessianResult(Result):
 
 
 def member_at(view, width: int, seed: int, step: int) -> nn.Module:
-    """Member (width, seed) with its weights after ``step`` training steps (-1 or the last step: the stored ones).
+    """Member (width, seed) with its weights after ``step`` training steps (-1: the final ones).
 
-    Earlier weights are not stored, so the member is trained again to ``step`` with the run's recipe (the
-    same init, batches and lr schedule: training is a function of the seeds and the step).
+    A stored step (a snapshot, or the last step) is read from the store; another step is trained again.
     """
     final = int(view.metrics(width)["step"][-1])
-    if step < 0 or step == final:
+    if step < 0:
         return view.load_member(width, seed)
     if step > final:
         raise WidthkitError(f"`step={step}` is past the run's last step ({final}); pass a step from 0 to {final}")
+    if step in view.snapshot_steps(width):
+        return view.load_member(width, seed, step)
+    return retrained_member(view, width, seed, step)
+
+
+def retrained_member(view, width: int, seed: int, step: int) -> nn.Module:
+    """Member (width, seed) trained again to ``step`` with the run's recipe: the same init, batches and lr
+    schedule (training is a function of the seeds and the step), so the same weights the ladder had then."""
     task = view.task()
     with torch.enable_grad():
         res, _, _ = train_members(view.recipe, width, [seed], task, build_member=build_member, stop_at=step,

@@ -75,6 +75,7 @@ class TrainSpec:
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N, optionally +compile | +eager
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)  # live tracking
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb", "loggers"):
             d["train"].pop(k, None)
         if not self.train.snapshots:  # runs without snapshots keep the fingerprint they had before snapshots
             d["train"].pop("snapshots"), d["train"].pop("snapshot_dtype")

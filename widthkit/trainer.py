@@ -293,12 +293,14 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
                   ckpt_path: Path | None = None, strategy: str | None = None,
-                  label: str = "") -> tuple[MemberResults, dict, ParamTable]:
+                  label: str = "", on_eval=None, stop_at: int | None = None) -> tuple[MemberResults, dict, ParamTable]:
     """Train ``seeds`` at ``width``; returns results, the strategy record and the param table.
 
     ``build_member(recipe, width, seed, task) -> (model, ParamTable)`` builds one
     initialized member.  With ``ckpt_path``, state is saved every
-    ``train.checkpoint_every`` steps and a later call resumes from it.
+    ``train.checkpoint_every`` steps and a later call resumes from it.  ``on_eval(step, seeds, results)``
+    is called after each evaluation of a group of members (live tracking, :mod:`widthkit.tracking`).
+    ``stop_at``: stop after that many steps, keeping the weights then (the schedule is the full run's).
     """
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
@@ -339,14 +341,15 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         torch.set_num_threads(record["threads"])
     try:
         _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
+                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})", on_eval,
+                      stop_at)
     finally:
         torch.set_num_threads(threads_before)
     return MemberResults.concat(done), record, tables[0]
 
 
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
-                  autocast, total, evals, desc) -> None:
+                  autocast, total, evals, desc, on_eval=None, stop_at=None) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
     snaps = snapshots.snapshot_steps(recipe, total)  # each is checkpointed at once: a killed job keeps it
     with bar(desc, total * len(seeds)) as pbar:
@@ -389,7 +392,9 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     res.logits.append(outs.astype(np.float32))
                     loss_sum.zero_(), acc_sum.zero_()
                     n_since = 0
-                if step == total:
+                    if on_eval is not None:
+                        on_eval(step, gseeds, res)
+                if step == total or step == stop_at:
                     break
                 if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and
                                               step % recipe.train.checkpoint_every == 0):

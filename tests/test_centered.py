@@ -52,7 +52,9 @@ def test_centered_members_in_the_stacked_ensemble(task):
     members, tables = zip(*(build_member(r, 32, s, task) for s in range(3)))
     x, y = task.x_train[:48].view(3, 16, -1), task.y_train[:48].view(3, 16)
     ens = Ensemble([m for m in members], tables[0].lr_scales(), r.optim, "mse")
+    assert ens._centered is not None  # the MLP fast path runs the net and its frozen copy
     assert torch.equal(ens.forward(x), torch.zeros(3, 16, 10))
+    assert torch.equal(ens._vforward(ens.params, ens.buffers, x), torch.zeros(3, 16, 10))  # the generic vmap path
     ref = build_member(r, 32, 1, task)[0]
     ens.step(x, y, 0.5)
     scales = tables[0].lr_scales()

@@ -5,6 +5,7 @@ import torch
 
 from widthkit.dynamics import (GD, PhaseScan, TwoLayerLinear, bisect, catapult_recurrence, classifier_rule, classify,
                                lr_phase, ntk_top_eigenvalue)
+from widthkit.dynamics.catapult import constant_loss
 from widthkit.errors import WidthkitError
 
 
@@ -74,6 +75,19 @@ def test_classify():
     assert classify([1.0, 3.0, 9.0, 2.0, 0.1]) == "catapult"
     assert classify([1.0, 3.0, 9.0, 20.0]) == "divergent"
     assert classify([1.0, 3.0, float("nan")]) == "divergent"
+    # a run that rose and came back only to the best constant prediction's loss (its units died) did not train
+    assert classify([1.0, 3.0, 9.0, 0.5], floor=0.45) == "divergent"
+    assert classify([1.0, 3.0, 9.0, 0.4], floor=0.45) == "catapult"
+    assert classify([1.0, 3.0, 0.5], floor=0.0) == "catapult"  # constant targets: L_const = 0 is not a floor
+    assert classify([1.0, 0.9, 0.5], floor=0.45) == "lazy"     # the floor only judges runs that rose
+
+
+def test_constant_loss_is_the_best_constant_predictions_loss():
+    y = torch.arange(10).repeat(3)  # balanced 10 classes
+    assert constant_loss(y, 10, "mse") == pytest.approx(0.5 * 0.9)  # 1/2 sum_k var(one-hot_k)
+    assert constant_loss(y, 10, "xent") == pytest.approx(np.log(10))
+    yr = torch.tensor([[1.0], [3.0]])
+    assert constant_loss(yr, 1, "mse") == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("m", [1, 4])

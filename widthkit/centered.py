@@ -29,7 +29,7 @@ from torch import nn
 from .errors import WidthkitError
 from .param import ADAM_LIKE, LayerRule, ParamTable
 
-PREFIX = "net."  # the trainable net's parameter names inside :class:`Centered`
+PREFIX, INIT = "net.", "init."  # the trainable net's and the frozen copy's names inside :class:`Centered`
 
 
 def _freeze(net: nn.Module) -> nn.Module:
@@ -59,6 +59,19 @@ class Centered(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.net.get_classifier()
+
+
+def centered_plan(template: nn.Module, buffers: dict, plan_fn):
+    """The ensemble engine's fast plan (``plan_fn``) of a :class:`Centered` template's net, when its only buffers are
+    the frozen copy's (else None: the engine then vmaps the module itself)."""
+    if not isinstance(template, Centered) or not all(k.startswith(INIT) for k in buffers):
+        return None
+    return plan_fn(template.net)
+
+
+def split_centered(params: dict, buffers: dict) -> tuple[dict, dict]:
+    """Stacked ``net.*`` parameters and ``init.*`` buffers, each keyed by the net's own parameter names."""
+    return ({k[len(PREFIX):]: v for k, v in params.items()}, {k[len(INIT):]: v for k, v in buffers.items()})
 
 
 def _readout(model: nn.Module, table: ParamTable) -> list[LayerRule]:

@@ -57,19 +57,37 @@ def catapult_recurrence(f0: float, lam0: float, lr: float, width: int, steps: in
 
 def classifier_rule(rise_tol: float = 0.01, blowup: float = 1e8) -> str:
     """The rule :func:`classify` applies, in words (stated in every ``lr-phase`` output)."""
-    return (f"divergent: a non-finite loss, a loss above {blowup:g} x the initial loss L0, or a final loss >= L0; "
-            f"catapult: the loss rose above (1 + {rise_tol:g}) L0 and ended below L0; lazy: it never rose above "
-            f"(1 + {rise_tol:g}) L0. The final NTK top eigenvalue below 2/lr is reported as a check of the "
-            "catapult, not used to classify")
+    return (f"lazy: the loss never rose above (1 + {rise_tol:g}) L0 (L0 = initial loss); catapult: it rose above "
+            "that, then ended below L0 and below L_const, the loss of the best constant prediction (mean target "
+            "for mse, class frequencies for xent; ignored when the targets are constant); divergent: a non-finite "
+            f"loss, a loss above {blowup:g} L0, or a run that rose and did not end below both (a net whose units "
+            "all died ends at about L_const). The final NTK top eigenvalue below 2/lr is reported as a check of "
+            "the catapult, not used to classify")
 
 
-def classify(losses: Sequence[float], rise_tol: float = 0.01, blowup: float = 1e8) -> str:
-    """Phase of one run from its loss curve (``losses[0]`` = initial loss); rule: :func:`classifier_rule`."""
+def constant_loss(y: torch.Tensor, k: int, loss: str) -> float | None:
+    """L_const: the training loss of the best constant prediction of ``k`` outputs (None for a custom loss)."""
+    if loss not in ("mse", "xent"):
+        return None
+    if loss == "xent":
+        freq = torch.bincount(y.reshape(-1), minlength=k).double() / y.numel()
+        return float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
+    t = torch.nn.functional.one_hot(y, k).double() if y.dtype == torch.int64 else y.double().reshape(y.shape[0], -1)
+    return float(0.5 * (t - t.mean(0)).pow(2).sum(1).mean())
+
+
+def classify(losses: Sequence[float], rise_tol: float = 0.01, blowup: float = 1e8,
+             floor: float | None = None) -> str:
+    """Phase of one run from its loss curve (``losses[0]`` = initial loss; ``floor`` = L_const); rule:
+    :func:`classifier_rule`."""
     L = np.asarray(losses, float)
     L0 = L[0]
-    if not np.isfinite(L).all() or L.max() > blowup * max(L0, 1e-30) or L[-1] >= L0:
+    if not np.isfinite(L).all() or L.max() > blowup * max(L0, 1e-30):
         return "divergent"
-    return "catapult" if L.max() > L0 * (1 + rise_tol) else "lazy"
+    if L.max() <= L0 * (1 + rise_tol):
+        return "lazy" if L[-1] < L0 else "divergent"
+    end = min(L0, floor) if floor is not None and floor > 0 else L0
+    return "catapult" if L[-1] < end else "divergent"
 
 
 def bisect(is_above: Callable[[float], bool], lo: float, hi: float, tol: float) -> tuple[float, float, int]:
@@ -144,6 +162,7 @@ class WidthPhases(Result):
     boundaries: list[Boundary] = field(default_factory=list)
     lazy_catapult_std: float | None = None
     eta_max_std: float | None = None
+    constant_loss: float | None = None      # L_const of the classifier rule on this batch
 
 
 @dataclass
@@ -193,6 +212,8 @@ class PhaseScan:
         self.x_test, self.y_test = x_test, y_test
         self.lambda_every, self.lambda_steps, self.rise_tol, self.track_tol = lambda_every, lambda_steps, rise_tol, track_tol
         self.lam0 = ntk_top_eigenvalue(model, x, lr_scales=lr_scales, loss=loss).eigenvalue
+        with torch.no_grad():
+            self.floor = constant_loss(y, model(x[:1]).reshape(1, -1).shape[1], loss)
         if not self.lam0 > 0:
             raise WidthkitError(f"the NTK top eigenvalue at init is {self.lam0}; the model's output does not "
                                 "depend on its trainable parameters")
@@ -219,7 +240,7 @@ class PhaseScan:
                 break
             if L[-1] < 1e-14 * L[0]:  # converged; also avoids slow denormal arithmetic
                 break
-        phase = classify(L, self.rise_tol)
+        phase = classify(L, self.rise_tol, floor=self.floor)
         fin = self._lam(m) if measure and phase != "divergent" else None
         tl = ta = None
         if measure and self.x_test is not None and phase != "divergent":
@@ -298,7 +319,8 @@ def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[f
         if progress is not None:
             progress.advance()
     lc, mx, fd, eta = _boundaries(runs)
-    wp = WidthPhases(width, scan.lam0, 2.0 / scan.lam0, lc, mx, fd, eta, runs, int(x.shape[0]))
+    wp = WidthPhases(width, scan.lam0, 2.0 / scan.lam0, lc, mx, fd, eta, runs, int(x.shape[0]),
+                     constant_loss=scan.floor)
     if tol > 0:
         known = {r.lr_lambda: r.phase for r in runs}
         grid = [r.lr_lambda for r in runs]

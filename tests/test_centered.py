@@ -98,3 +98,17 @@ def test_mean_field_readout_is_one_over_n(task):
         assert b.lr_scale == pytest.approx(a.lr_scale * (1.0 if a.name in head else n))
     with pytest.raises(WidthkitError, match="param.readout = 'mf'"):
         build_member(recipe(readout="mf", kind="mup"), 32, 0, task)
+
+
+def test_shipped_vyas_recipe_is_centered_mean_field_sgd():
+    from pathlib import Path
+
+    from widthkit.build import load_recipe_task
+    from widthkit.recipe import load_recipe
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "ensemble-bias-vyas.toml")
+    assert (r.param.kind, r.param.readout, r.param.center, r.optim.name) == ("ntk", "mf", True, "sgd")
+    t = load_recipe_task(r)
+    x, _ = t.sample(8, torch.Generator().manual_seed(0))
+    m, table = build_member(r, 64, 0, t)
+    assert torch.equal(m(x), torch.zeros(8, 1))
+    assert {ru.name: ru.lr_scale for ru in table.rules}["net.head.weight"] == pytest.approx(1 / 64)  # N * 1/N^2

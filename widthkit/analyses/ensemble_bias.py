@@ -776,6 +776,8 @@ def _variance_reading(res: EnsembleBiasResult) -> str:
               "asymptotic regime is not reached over these widths (quote the wide half)")
     elif res.asymptotic:
         s += ": all widths and the wide half agree within errors"
+        if fits["all"].p_value < 0.01:
+            s += ", though one power law fits all widths poorly (p < 0.01)"
     return s
 
 

@@ -15,7 +15,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # name -> (recipe, tiny options): seconds on a CPU
 TINY = {
-    "lr-phase": ("catapult-mlp.toml", dict(widths=[16], lrs=[0.5, 20.0], steps=5, n_train=32, lambda_steps=0)),
+    "lr-phase": ("catapult-mlp.toml", dict(widths=[16], lrs=[0.5, 20.0], steps=5, n_train=32, lambda_steps=0,
+                                           seeds=[0], tol=0.3)),
     "subspace": ("subspace-digits.toml", dict(steps=4, every=2, hessian_batch=64, projected=True, refresh=2)),
     "ntk-scaling": ("ntk-scaling.toml", dict(widths=[16, 32], params=["ntk", "mup"], steps=4, seeds=2, n_train=16,
                                              n_probe=4)),

@@ -11,6 +11,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def test_lr_phase_cli(tmp_path, capsys):
     rc = main(["lr-phase", str(RECIPES / "catapult-mlp.toml"), "--widths", "16", "--lrs", "0.5", "1.5", "20",
                "--steps", "15", "--set", "lr_phase.n_train=32", "--set", "lr_phase.lambda_steps=0",
+               "--seeds", "0", "--tol", "0.3",
                "--out", str(tmp_path), "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)

@@ -193,6 +193,49 @@ def test_real_ladder_end_to_end(tiny_run, tmp_path, capsys):
     assert "valid steps: 0, 20, 40, 60" in capsys.readouterr().err
 
 
+def test_width_range_diagnostics_flag_a_pre_asymptotic_exponent(tmp_path):
+    """V = c/N (pure 1/N): all widths, narrow and wide halves agree and the chi^2 is consistent with the errors.
+    V = c/(N + 128) (1/N only once N >> 128, flatter below): the wide half is steeper than the fit over all
+    widths beyond their errors, the power law fails its chi^2 test, and the reading says so."""
+    rng = np.random.default_rng(1)
+    mu = rng.standard_normal((400, 4))
+    y = rng.standard_normal((400, 4))
+    widths = [16, 32, 64, 128, 256, 512, 1024, 2048]
+    pure = eb.ensemble_bias(FakeRun({w: _members(rng, mu, 12, w) for w in widths}, y), subsets=8,
+                            over_training=False)
+    fits = pure.variance_fits
+    assert fits["narrow"].widths == [16, 32, 64, 128] and fits["wide"].widths == [256, 512, 1024, 2048]
+    for f in fits.values():
+        assert abs(f.slope + 1) < 3 * f.slope_err + 0.03
+    assert pure.asymptotic is True and fits["all"].dof == 6 and fits["all"].p_value > 0.001
+    assert "agree within errors" in eb._variance_reading(pure)
+
+    def mixed(w):  # independent noise with variance 400/(N + 128) per coordinate
+        return mu[None] + rng.standard_normal((12,) + mu.shape) * math.sqrt(400 / (w + 128))
+
+    slow = eb.ensemble_bias(FakeRun({w: mixed(w) for w in widths}, y), subsets=8, over_training=False)
+    a, n, w = (slow.variance_fits[k] for k in ("all", "narrow", "wide"))
+    assert n.slope > a.slope > w.slope > -1  # flatter at narrow widths, approaching -1 at wide ones
+    assert slow.asymptotic is False and a.p_value < 1e-3
+    reading = eb._variance_reading(slow)
+    assert "asymptotic regime is not reached" in reading and f"N^{w.slope:.2f}" in reading
+    loaded = type(slow).from_dict(json.loads(json.dumps(slow.to_dict())))
+    assert loaded.variance_fits["wide"] == slow.variance_fits["wide"] and loaded.asymptotic is False
+    (b,) = eb.EnsembleBias().blocks(slow, tmp_path)
+    assert [r[0] for r in b.tables[-1].rows] == ["all", "narrow", "wide"]
+
+
+def test_fit_exponent_chi2_is_the_weighted_residual_sum():
+    W = np.array([16, 64, 256, 1024])
+    V = 3.0 / W * np.array([1.1, 0.9, 1.05, 0.97])
+    E = 0.05 * V
+    f = eb.fit_exponent(W, V, E)
+    r = np.log(V) - f.intercept - f.slope * np.log(W)
+    assert f.chi2 == pytest.approx(float(np.sum((r / 0.05) ** 2)))
+    assert f.dof == 2 and f.p_value == pytest.approx(math.exp(-f.chi2 / 2))  # chi^2 with 2 dof: sf = e^{-x/2}
+    assert eb.width_halves([1, 2, 3, 4, 5]) == ([1, 2, 3], [3, 4, 5])
+
+
 def test_headline_numbers_over_training():
     """Noise that shrinks as N^-1/2 from one step to the next: the variance exponent is -1 at every step, and
     L_inf(N) at each step is the loss of that step's mean predictor."""

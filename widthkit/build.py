@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .centered import Centered, apply_conventions
 from .data import Task, load_task
 from .models import create_model
 from .param import ParamTable, mup_architecture, parameterize
@@ -30,9 +31,10 @@ def _model_kwargs(recipe: Recipe, task: Task) -> dict:
 
 def build_architecture(recipe: Recipe, width: int, task: Task) -> nn.Module:
     """The recipe's model at ``width`` with its parameterization's architecture changes
-    (muP's 1/d attention) but default weights: the shell that stored weights load into."""
+    (muP's 1/d attention, the centered wrapper) but default weights: the shell that stored weights load into."""
     model = create_model(recipe.model.family, width=width, **_model_kwargs(recipe, task))
-    return mup_architecture(model) if recipe.param.kind == "mup" else model
+    model = mup_architecture(model) if recipe.param.kind == "mup" else model
+    return Centered(model) if recipe.param.center else model
 
 
 def member_params(recipe: Recipe, width: int, task: Task) -> int:
@@ -70,7 +72,8 @@ def build_member(recipe: Recipe, width: int, seed: int, task: Task) -> tuple[nn.
                          activation=kw.get("activation"), output_mult=recipe.param.output_mult,
                          readout_zero=recipe.param.readout_zero,
                          generator=torch.Generator().manual_seed(init_seed))
-    return model, table
+    return apply_conventions(model, table, center=recipe.param.center, gamma0=recipe.param.gamma0,
+                             readout=recipe.param.readout)
 
 
 def count_params(table: dict | ParamTable) -> int:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .centered import centered_plan, split_centered
 from .errors import WidthkitError
 from .recipe import OptimSpec
 from .seeds import derive_seed
@@ -147,7 +148,9 @@ class Ensemble:
         elif optim.name in ("adam", "adamw"):
             self.state["exp_avg"], self.state["exp_avg_sq"] = zeros(), zeros()
         self._plan = _sequential_plan(self.template) if not self.buffers else None
-        self.conv_layouts = [False, True] if any(k == "conv" for k, _ in self._plan or []) else [False]  # NHWC?
+        self._centered = centered_plan(self.template, self.buffers, _sequential_plan)
+        plan = self._plan or self._centered or []
+        self.conv_layouts = [False, True] if any(k == "conv" for k, _ in plan) else [False]  # NHWC?
         self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="error")
         self._losses = self._forward_losses
 
@@ -162,6 +165,10 @@ class Ensemble:
         with ctx:
             if self._plan is not None:
                 return _run_plan(self._plan, self.params, x, self.channels_last)
+            if self._centered is not None:  # f - f0: the net's plan on the parameters, then on the frozen copy
+                net, init = split_centered(self.params, self.buffers)
+                return (_run_plan(self._centered, net, x, self.channels_last)
+                        - _run_plan(self._centered, init, x, self.channels_last))
             buffers = {**self.buffers, **self._masks(x)} if train and self._dropouts else self.buffers
             for m in self._dropouts.values():
                 m.offset = 0

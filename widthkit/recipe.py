@@ -48,6 +48,9 @@ class ParamSpec:
     output_mult: float = 1.0      # muP readout multiplier (alpha)
     readout_zero: bool = False    # muP: initialize the readout at zero
     gain: float = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
+    readout: Literal["param", "mf"] = "param"  # mf: 1/N readout, SGD lr x N (kind ntk; widthkit.centered)
+    gamma0: PositiveFloat = 1.0   # richness: output / gamma0, lr x gamma0^2 (SGD) or gamma0 (Adam)
+    center: bool = False          # train f(x) - f0(x), f0 a frozen copy of the member at init
 
 
 @dataclass

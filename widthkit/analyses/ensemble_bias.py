@@ -21,7 +21,10 @@ Operational definitions (papers.md; the paper's code is not public):
 * V(N) is the variance over seeds (ddof=1) of the outputs, averaged over test points and
   output coordinates; for cross-entropy the logits are first centred over classes (softmax
   ignores a common shift).  Error bar: jackknife over seeds.  Its power law in N is fitted on
-  log-log axes (Vyas et al. find an exponent of about -1).
+  log-log axes (Vyas et al. find an exponent of about -1), weighted by the jackknife errors, over all
+  widths and over the narrow and the wide half (the ceil(n/2) narrowest and widest), each with its
+  chi^2 per degree of freedom and p-value. When the all-width and wide-half exponents differ by more
+  than twice their combined error, the reading says the asymptotic regime is not reached.
 * Bias of narrower width: L_inf(N) - L_inf(N_max) and L_inf(N) - L_single(N_max).  Where at
   least four widths allow, L_inf(N) = L_wide + b N^-alpha is fitted by a grid over alpha with
   a weighted linear fit at each alpha.
@@ -263,6 +266,40 @@ def fit_bias(widths, l_inf, l_inf_err=None, alphas=None) -> BiasFit | None:
 # ----------------------------------------------------------------------------- results
 
 @dataclass
+class ExponentFit(Result):
+    """log V = intercept + slope log N over ``widths``, weighted by the jackknife errors, with its goodness of fit."""
+
+    widths: list[int]
+    slope: float
+    slope_err: float
+    intercept: float
+    chi2: float                 # sum of squared residuals / sigma^2 on log axes (nan without error bars)
+    dof: int                    # len(widths) - 2
+    p_value: float              # P(chi^2 >= observed) under the power law (nan when dof = 0 or no errors)
+
+
+def fit_exponent(widths, v, v_err) -> ExponentFit:
+    """Power-law fit of the variances ``v`` (errors ``v_err``, or None) over ``widths`` with chi^2 and p-value."""
+    from scipy.stats import chi2 as chi2_dist
+
+    W, V = np.asarray(widths, float), np.asarray(v, float)
+    E = None if v_err is None else np.asarray(v_err, float)
+    f = fit_power_law(W, V, E)
+    dof = len(W) - 2
+    c2 = p = float("nan")
+    if E is not None and np.isfinite(f.slope):
+        c2 = float(np.sum(((np.log(V) - f.intercept - f.slope * np.log(W)) / (E / V)) ** 2))
+        p = float(chi2_dist.sf(c2, dof)) if dof > 0 else float("nan")
+    return ExponentFit([int(w) for w in widths], f.slope, f.slope_err, f.intercept, c2, dof, p)
+
+
+def width_halves(widths) -> tuple[list[int], list[int]]:
+    """The ceil(n/2) narrowest and the ceil(n/2) widest widths (they share the middle one when n is odd)."""
+    h = (len(widths) + 1) // 2
+    return list(widths[:h]), list(widths[-h:])
+
+
+@dataclass
 class WidthEnsemble(Result):
     """Everything measured at one width at the analysed step."""
 
@@ -314,6 +351,8 @@ class EnsembleBiasResult(Result):
     wide_single_loss: float
     wide_single_loss_err: float
     over_training: OverTraining | None
+    variance_fits: dict[str, ExponentFit] | None = None  # "all", "narrow", "wide" half (>= 2 widths each)
+    asymptotic: bool | None = None      # the all-width and wide-half exponents agree within 2 combined errors
 
 
 # ----------------------------------------------------------------------------- run-level analysis
@@ -406,6 +445,7 @@ def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, over_tra
     V = [p.variance for p in per_width]
     Verr = [p.variance_err for p in per_width]
     variance_fit = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) else None)
+    variance_fits, asymptotic = _variance_fits(widths, V, Verr)
     bf = fit_bias(widths, [p.ensemble.l_inf for p in per_width], [p.ensemble.l_inf_err for p in per_width])
 
     trend = _over_training(run, widths, data, targets, loss, n_subsets, average, seed) if over_training else None
@@ -422,7 +462,22 @@ def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, over_tra
     }
     return EnsembleBiasResult(str(getattr(run, "path", "")), step_out, loss, average, conventions, widths,
                               sorted(skipped), {int(k): v for k, v in excluded.items()}, per_width,
-                              variance_fit, bf, wide_single, wide_single_err, trend)
+                              variance_fit, bf, wide_single, wide_single_err, trend, variance_fits, asymptotic)
+
+
+def _variance_fits(widths, V, Verr) -> tuple[dict[str, ExponentFit], bool | None]:
+    """Exponent fits over all widths and over each half, and whether the all-width and wide-half fits agree."""
+    err = Verr if all(np.isfinite(Verr)) else None
+    narrow, wide = width_halves(widths)
+    idx = {w: i for i, w in enumerate(widths)}
+    fits = {"all": fit_exponent(widths, V, err)}
+    if len(widths) >= 4:
+        for name, ws in (("narrow", narrow), ("wide", wide)):
+            fits[name] = fit_exponent(ws, [V[idx[w]] for w in ws], None if err is None else [err[idx[w]] for w in ws])
+    a, w = fits["all"], fits.get("wide")
+    if w is None or not (np.isfinite(a.slope_err) and np.isfinite(w.slope_err)):
+        return fits, None
+    return fits, bool(abs(a.slope - w.slope) <= 2 * math.hypot(a.slope_err, w.slope_err))
 
 
 def _over_training(run, widths, data, targets, loss, n_subsets, average, seed) -> OverTraining:
@@ -511,6 +566,10 @@ def plot_variance(res, path) -> Path:
     if np.isfinite(vf.slope):
         loglog_fit_line(ax, W, vf.slope, vf.intercept, label=f"slope {vf.slope:.2f} +- {vf.slope_err:.2f}")
         loglog_fit_line(ax, W, -1.0, float(np.log(V[-1] * W[-1])), color="gray", lw=0.8, label="slope -1")
+    wide = (res.variance_fits or {}).get("wide")
+    if wide is not None and np.isfinite(wide.slope):
+        loglog_fit_line(ax, np.array(wide.widths, float), wide.slope, wide.intercept, color="tab:red",
+                        label=f"wide half {wide.slope:.2f} +- {wide.slope_err:.2f}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("width N")
@@ -589,6 +648,13 @@ class EnsembleBias(Analysis):
               fmt.num(p.ensemble.curve.loss[-1]), fmt.pm(p.ensemble.l_inf, p.ensemble.l_inf_err),
               fmt.pm(p.variance, p.variance_err), fmt.num(p.bias_vs_single), "yes" if p.reaches_wide else "no"]
              for p in pw]))
+        if res.variance_fits:
+            b.tables.append(Table(
+                "Variance exponent: log V = a + slope·log N, weighted by jackknife errors, over width ranges",
+                ["widths", "range", "slope", "χ²/dof", "p-value"],
+                [[name, f"{f.widths[0]}–{f.widths[-1]} ({len(f.widths)})", fmt.pm(f.slope, f.slope_err),
+                  fmt.num(f.chi2 / f.dof) if f.dof > 0 else "-", fmt.num(f.p_value, 2)]
+                 for name, f in res.variance_fits.items()]))
         readings = {"ensemble_variance.png": _variance_reading(res), "ensemble_loss_vs_width.png": _width_reading(res),
                     "ensemble_loss_vs_k.png": _k_reading(res)}
         if res.over_training is not None:
@@ -608,9 +674,25 @@ def _variance_reading(res: EnsembleBiasResult) -> str:
     if not math.isfinite(vf.slope):
         return f"output variance {fmt.num(lo.variance)} at N={lo.width} (too few widths for a power law)"
     err = f" ± {vf.slope_err:.2f}" if vf.n > 2 else " (two widths: no error bar)"
-    return (f"output variance {'falls' if vf.slope < 0 else 'grows'} as N^{vf.slope:.2f}{err}, from "
-            f"{fmt.num(lo.variance)} at N={lo.width} to {fmt.num(hi.variance)} at N={hi.width} "
-            "(prediction: N^-1, Vyas et al. 2023)")
+    s = (f"output variance {'falls' if vf.slope < 0 else 'grows'} as N^{vf.slope:.2f}{err}, from "
+         f"{fmt.num(lo.variance)} at N={lo.width} to {fmt.num(hi.variance)} at N={hi.width} "
+         "(prediction: N^-1, Vyas et al. 2023)")
+    fits = res.variance_fits or {}
+    if "all" in fits and math.isfinite(fits["all"].chi2) and fits["all"].dof > 0:
+        a = fits["all"]
+        s += f"; χ²/dof = {a.chi2 / a.dof:.2f} (p = {fmt.num(a.p_value, 2)})"
+    if "wide" in fits:
+        n, w = fits["narrow"], fits["wide"]
+        s += (f"; narrow half N={n.widths[0]}–{n.widths[-1]}: N^{n.slope:.2f} ± {n.slope_err:.2f}, wide half "
+              f"N={w.widths[0]}–{w.widths[-1]}: N^{w.slope:.2f} ± {w.slope_err:.2f}")
+    if res.asymptotic is False:
+        s += (": the all-width and wide-half exponents differ by more than twice their combined error, so the "
+              "asymptotic regime is not reached over these widths (quote the wide half)")
+    elif res.asymptotic:
+        s += ": all widths and the wide half agree within errors"
+        if fits["all"].p_value < 0.01:
+            s += ", though one power law fits all widths poorly (p < 0.01)"
+    return s
 
 
 def _width_reading(res: EnsembleBiasResult) -> str:

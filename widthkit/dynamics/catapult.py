@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,18 +55,55 @@ def catapult_recurrence(f0: float, lam0: float, lr: float, width: int, steps: in
     return f, lam
 
 
-def classify(losses: Sequence[float], rise_tol: float = 0.01, blowup: float = 1e8) -> str:
-    """Phase of one run from its loss curve (``losses[0]`` = initial loss).
+def classifier_rule(rise_tol: float = 0.01, blowup: float = 1e8) -> str:
+    """The rule :func:`classify` applies, in words (stated in every ``lr-phase`` output)."""
+    return (f"lazy: the loss never rose above (1 + {rise_tol:g}) L0 (L0 = initial loss); catapult: it rose above "
+            "that, then ended below L0 and below L_const, the loss of the best constant prediction (mean target "
+            "for mse, class frequencies for xent; ignored when the targets are constant); divergent: a non-finite "
+            f"loss, a loss above {blowup:g} L0, or a run that rose and did not end below both (a net whose units "
+            "all died ends at about L_const). The final NTK top eigenvalue below 2/lr is reported as a check of "
+            "the catapult, not used to classify")
 
-    divergent: a non-finite loss, a loss above ``blowup x`` the initial one, or a final loss not below
-    the initial one; catapult: the loss rose more than ``rise_tol`` (relative) above its initial
-    value and came back down below it; lazy: it never rose (monotone up to ``rise_tol``).
-    """
+
+def constant_loss(y: torch.Tensor, k: int, loss: str) -> float | None:
+    """L_const: the training loss of the best constant prediction of ``k`` outputs (None for a custom loss)."""
+    if loss not in ("mse", "xent"):
+        return None
+    if loss == "xent":
+        freq = torch.bincount(y.reshape(-1), minlength=k).double() / y.numel()
+        return float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
+    t = torch.nn.functional.one_hot(y, k).double() if y.dtype == torch.int64 else y.double().reshape(y.shape[0], -1)
+    return float(0.5 * (t - t.mean(0)).pow(2).sum(1).mean())
+
+
+def classify(losses: Sequence[float], rise_tol: float = 0.01, blowup: float = 1e8,
+             floor: float | None = None) -> str:
+    """Phase of one run from its loss curve (``losses[0]`` = initial loss; ``floor`` = L_const); rule:
+    :func:`classifier_rule`."""
     L = np.asarray(losses, float)
     L0 = L[0]
-    if not np.isfinite(L).all() or L.max() > blowup * max(L0, 1e-30) or L[-1] >= L0:
+    if not np.isfinite(L).all() or L.max() > blowup * max(L0, 1e-30):
         return "divergent"
-    return "catapult" if L.max() > L0 * (1 + rise_tol) else "lazy"
+    if L.max() <= L0 * (1 + rise_tol):
+        return "lazy" if L[-1] < L0 else "divergent"
+    end = min(L0, floor) if floor is not None and floor > 0 else L0
+    return "catapult" if L[-1] < end else "divergent"
+
+
+def bisect(is_above: Callable[[float], bool], lo: float, hi: float, tol: float) -> tuple[float, float, int]:
+    """Shrink a bracket ``[lo, hi]`` (``is_above(lo)`` False, ``is_above(hi)`` True) of a threshold by bisection
+    until ``hi - lo <= tol * (hi + lo) / 2`` (relative width ``tol``). Returns (lo, hi, evaluations)."""
+    if not 0 < lo < hi or not tol > 0:
+        raise WidthkitError(f"bisect needs 0 < lo < hi and tol > 0, got lo={lo}, hi={hi}, tol={tol}")
+    n = 0
+    while hi - lo > tol * 0.5 * (hi + lo):
+        mid = 0.5 * (lo + hi)
+        n += 1
+        if is_above(mid):
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi, n
 
 
 @dataclass
@@ -87,18 +124,45 @@ class PhaseRun(Result):
     test_acc: float | None
 
 
+# A boundary's upper side, as a predicate on the phase of one run.
+BOUNDARIES = {"lazy|catapult": lambda phase: phase != "lazy", "catapult|divergent": lambda phase: phase == "divergent"}
+
+
+@dataclass
+class Boundary(Result):
+    """One phase boundary at one width and seed, bracketed by bisection; lr in units of 1/lambda_0."""
+
+    name: str                  # lazy|catapult or catapult|divergent
+    seed: int
+    lambda0: float
+    lo: float | None           # largest lr*lambda_0 on the lower side (None: the lowest lr tried is above)
+    hi: float | None           # smallest lr*lambda_0 on the upper side (None: never crossed)
+    estimate: float | None     # (lo + hi)/2, known to +-tol/2 relative; None when not bracketed
+    runs: int                  # training runs this boundary cost beyond the grid
+    note: str = ""             # why it is not bracketed
+
+
 @dataclass
 class WidthPhases(Result):
-    """All learning rates at one width, with the measured boundaries (in units of 1/lambda_0)."""
+    """All learning rates at one width (grid: the first seed), with the boundaries (units of 1/lambda_0).
+
+    With bisection on (``tol > 0``) ``lazy_catapult_boundary`` and ``eta_max`` are the means of the bisected
+    boundaries over seeds (``*_std``: their standard deviation); with ``tol = 0`` they are grid midpoints.
+    """
 
     width: int
-    lambda0: float
+    lambda0: float                          # the first seed's, measured on lambda_examples examples
     critical_lr: float                      # 2 / lambda_0
-    lazy_catapult_boundary: float | None    # lr*lambda_0 midway between last lazy and first catapult run
-    max_stable_lr: float | None             # largest lr*lambda_0 that did not diverge
-    first_divergent_lr: float | None        # smallest lr*lambda_0 that diverged
-    eta_max: float | None                   # midpoint of the two above (None if no run diverged)
+    lazy_catapult_boundary: float | None
+    max_stable_lr: float | None             # largest grid lr*lambda_0 that did not diverge
+    first_divergent_lr: float | None        # smallest grid lr*lambda_0 that diverged
+    eta_max: float | None                   # the catapult|divergent boundary (None if nothing diverged)
     runs: list[PhaseRun] = field(default_factory=list)
+    lambda_examples: int = 0                # lambda_0 is measured on the full batch of this many examples
+    boundaries: list[Boundary] = field(default_factory=list)
+    lazy_catapult_std: float | None = None
+    eta_max_std: float | None = None
+    constant_loss: float | None = None      # L_const of the classifier rule on this batch
 
 
 @dataclass
@@ -112,6 +176,9 @@ class LRPhaseResult(Result):
     n_train: int
     per_width: list[WidthPhases]
     convention: str = CONVENTION
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tol: float = 0.0           # relative bracket width of the bisected boundaries (0: grid only)
+    classifier: str = ""       # the phase rule, :func:`classifier_rule`
 
 
 def _boundaries(runs: list[PhaseRun]):
@@ -130,51 +197,132 @@ def _boundaries(runs: list[PhaseRun]):
     return lc, mx, fd, eta
 
 
-def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float], steps: int, *,
-             loss: str = "mse", lr_scales=None, x_test=None, y_test=None, lambda_every: int = 0,
-             lambda_steps: int = 0, width: int = 0, rise_tol: float = 0.01, track_tol: float = 1e-3,
-             progress=None) -> WidthPhases:
-    """Train copies of ``model`` by full-batch GD on (x, y) at lr = c * 2/lambda_0 for each c.
+class PhaseScan:
+    """Full-batch GD runs of copies of one initialized ``model`` on (x, y) at lr = c / lambda_0.
 
     ``lambda_every``/``lambda_steps``: measure the NTK top eigenvalue every ``lambda_every`` steps
     during the first ``lambda_steps`` steps (0: only at init and at the end); those and the final
     eigenvalue are converged to relative Ritz residual ``track_tol`` (lambda_0 itself to 1e-8).
     """
-    lam0 = ntk_top_eigenvalue(model, x, lr_scales=lr_scales, loss=loss).eigenvalue
-    if not lam0 > 0:
-        raise WidthkitError(f"the NTK top eigenvalue at init is {lam0}; the model's output does not depend "
-                            "on its trainable parameters")
-    runs = []
-    for c in lrs:
-        lr = float(c) * 2.0 / lam0
-        m = copy.deepcopy(model)
-        gd = GD(m, loss, lr_scales)
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, *, loss: str = "mse",
+                 lr_scales=None, x_test=None, y_test=None, lambda_every: int = 0, lambda_steps: int = 0,
+                 rise_tol: float = 0.01, track_tol: float = 1e-3):
+        self.model, self.x, self.y, self.steps, self.loss, self.scales = model, x, y, steps, loss, lr_scales
+        self.x_test, self.y_test = x_test, y_test
+        self.lambda_every, self.lambda_steps, self.rise_tol, self.track_tol = lambda_every, lambda_steps, rise_tol, track_tol
+        self.lam0 = ntk_top_eigenvalue(model, x, lr_scales=lr_scales, loss=loss).eigenvalue
+        with torch.no_grad():
+            self.floor = constant_loss(y, model(x[:1]).reshape(1, -1).shape[1], loss)
+        if not self.lam0 > 0:
+            raise WidthkitError(f"the NTK top eigenvalue at init is {self.lam0}; the model's output does not "
+                                "depend on its trainable parameters")
+
+    def _lam(self, m: nn.Module) -> float:
+        return ntk_top_eigenvalue(m, self.x, lr_scales=self.scales, loss=self.loss, tol=self.track_tol).eigenvalue
+
+    def run(self, c: float, measure: bool = True) -> PhaseRun:
+        """One run at lr = c / lambda_0; ``measure=False`` skips the eigenvalues and the test evaluation."""
+        lr = float(c) / self.lam0
+        m = copy.deepcopy(self.model)
+        gd = GD(m, self.loss, self.scales)
         L, lam_t, lam_s = [], [], []
-        for t in range(steps + 1):
-            if lambda_every and t < lambda_steps and t % lambda_every == 0:
+        for t in range(self.steps + 1):
+            if measure and self.lambda_every and t < self.lambda_steps and t % self.lambda_every == 0:
                 lam_s.append(t)
-                lam_t.append(ntk_top_eigenvalue(m, x, lr_scales=lr_scales, loss=loss, tol=track_tol).eigenvalue)
-            if t == steps:
+                lam_t.append(self._lam(m))
+            if t == self.steps:
                 with torch.no_grad():
-                    L.append(float(gd.loss_fn(m(x), y)))
+                    L.append(float(gd.loss_fn(m(self.x), self.y)))
                 break
-            L.append(gd.step(x, y, lr))
+            L.append(gd.step(self.x, self.y, lr))
             if not math.isfinite(L[-1]) or L[-1] > 1e8 * max(L[0], 1e-30):
                 break
             if L[-1] < 1e-14 * L[0]:  # converged; also avoids slow denormal arithmetic
                 break
-        phase = classify(L, rise_tol)
-        fin = None
-        if phase != "divergent":
-            fin = ntk_top_eigenvalue(m, x, lr_scales=lr_scales, loss=loss, tol=track_tol).eigenvalue
+        phase = classify(L, self.rise_tol, floor=self.floor)
+        fin = self._lam(m) if measure and phase != "divergent" else None
         tl = ta = None
-        if x_test is not None and phase != "divergent":
-            tl, ta = evaluate(m, loss, x_test, y_test)
-        runs.append(PhaseRun(lr, float(c), float(c) * 2.0, phase, L, lam_s, lam_t, fin,
-                             None if fin is None else bool(fin < 2.0 / lr),
-                             float(np.nanmax(L) / L[0]) if L[0] > 0 else float("nan"), tl,
-                             None if ta is None or math.isnan(ta) else ta))
+        if measure and self.x_test is not None and phase != "divergent":
+            tl, ta = evaluate(m, self.loss, self.x_test, self.y_test)
+        return PhaseRun(lr, float(c) / 2.0, float(c), phase, L, lam_s, lam_t, fin,
+                        None if fin is None else bool(fin < 2.0 / lr),
+                        float(np.nanmax(L) / L[0]) if L[0] > 0 else float("nan"), tl,
+                        None if ta is None or math.isnan(ta) else ta)
+
+    def boundary(self, name: str, grid: Sequence[float], known: dict[float, str], start: int, tol: float,
+                 seed: int = 0, extend: int = 4) -> Boundary:
+        """Bracket boundary ``name`` (a key of :data:`BOUNDARIES`) to relative width ``tol``.
+
+        ``grid``: sorted lr*lambda_0 values; ``known``: phases already run (lr*lambda_0 -> phase); the
+        walk for a bracket starts at ``grid[start]`` (moving down while the lower neighbour is already on
+        the upper side, up while it is not, doubling past the grid's end at most ``extend`` times), then
+        :func:`bisect` narrows it.
+        """
+        above = BOUNDARIES[name]
+        grid, known, runs = list(grid), dict(known), 0
+
+        def is_above(c: float) -> bool:
+            nonlocal runs
+            if c not in known:
+                known[c] = self.run(c, measure=False).phase
+                runs += 1
+            return above(known[c])
+
+        i = min(max(start, 0), len(grid) - 1)
+        top = grid[-1] * 2 ** extend
+        while not is_above(grid[i]):
+            if i == len(grid) - 1:
+                if grid[i] >= top:
+                    return Boundary(name, seed, self.lam0, grid[i], None, None, runs,
+                                    f"not crossed up to lr = {grid[i]:.3g}/lambda_0")
+                grid.append(2.0 * grid[i])
+            i += 1
+        while i > 0 and is_above(grid[i - 1]):
+            i -= 1
+        if i == 0:
+            return Boundary(name, seed, self.lam0, None, grid[0], None, runs,
+                            f"already crossed at the lowest lr tried, {grid[0]:.3g}/lambda_0")
+        lo, hi, n = bisect(is_above, grid[i - 1], grid[i], tol)
+        return Boundary(name, seed, self.lam0, lo, hi, 0.5 * (lo + hi), runs)
+
+
+def grid_starts(runs: Sequence[PhaseRun]) -> dict[str, int]:
+    """Per boundary, the index of the first grid run on its upper side (the last run if none is)."""
+    return {name: next((i for i, r in enumerate(runs) if above(r.phase)), len(runs) - 1)
+            for name, above in BOUNDARIES.items()}
+
+
+def pool_boundaries(wp: WidthPhases) -> WidthPhases:
+    """Set ``wp``'s lazy|catapult boundary and eta_max to the mean (and std) of its bisected boundaries."""
+    for name, mean, std in (("lazy|catapult", "lazy_catapult_boundary", "lazy_catapult_std"),
+                            ("catapult|divergent", "eta_max", "eta_max_std")):
+        est = [b.estimate for b in wp.boundaries if b.name == name and b.estimate is not None]
+        if est:
+            setattr(wp, mean, float(np.mean(est)))
+            setattr(wp, std, float(np.std(est, ddof=1)) if len(est) > 1 else 0.0)
+    return wp
+
+
+def scan_lrs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float], steps: int, *,
+             loss: str = "mse", lr_scales=None, x_test=None, y_test=None, lambda_every: int = 0,
+             lambda_steps: int = 0, width: int = 0, rise_tol: float = 0.01, track_tol: float = 1e-3,
+             tol: float = 0.0, seed: int = 0, progress=None) -> WidthPhases:
+    """Train copies of ``model`` by full-batch GD on (x, y) at lr = c * 2/lambda_0 for each c of the sorted
+    grid ``lrs``; with ``tol > 0`` also bisect both boundaries to relative width ``tol`` (member ``seed``).
+    Other options: :class:`PhaseScan`."""
+    scan = PhaseScan(model, x, y, steps, loss=loss, lr_scales=lr_scales, x_test=x_test, y_test=y_test,
+                     lambda_every=lambda_every, lambda_steps=lambda_steps, rise_tol=rise_tol, track_tol=track_tol)
+    runs = []
+    for c in lrs:
+        runs.append(scan.run(2.0 * float(c)))
         if progress is not None:
             progress.advance()
     lc, mx, fd, eta = _boundaries(runs)
-    return WidthPhases(width, lam0, 2.0 / lam0, lc, mx, fd, eta, runs)
+    wp = WidthPhases(width, scan.lam0, 2.0 / scan.lam0, lc, mx, fd, eta, runs, int(x.shape[0]),
+                     constant_loss=scan.floor)
+    if tol > 0:
+        known = {r.lr_lambda: r.phase for r in runs}
+        grid = [r.lr_lambda for r in runs]
+        wp.boundaries = [scan.boundary(name, grid, known, i, tol, seed) for name, i in grid_starts(runs).items()]
+    return pool_boundaries(wp)

@@ -21,6 +21,7 @@ import hashlib
 import importlib.resources
 import itertools
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -43,9 +44,9 @@ class ModelSpec:
 class ParamSpec:
     kind: Literal["sp", "ntk", "mup"] = "sp"
     base_width: NonNegativeInt = 0  # muP base width; 0 means the narrowest width of the ladder
-    output_mult: float = 1.0      # muP readout multiplier (alpha)
+    output_mult: PositiveFloat = 1.0  # muP readout multiplier (alpha)
     readout_zero: bool = False    # muP: initialize the readout at zero
-    gain: float = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
+    gain: NonNegativeFloat = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
 
 
 @dataclass
@@ -61,8 +62,8 @@ class DataSpec:
 @dataclass
 class TrainSpec:
     loss: Literal["xent", "mse"] = "xent"  # mse = mean over examples of 0.5 * sum_k (f_k - y_k)^2
-    steps: int = 1000
-    epochs: float = 0.0           # if > 0, steps = epochs * (n_train // batch_size)
+    steps: NonNegativeInt = 1000
+    epochs: NonNegativeFloat = 0.0  # if > 0, steps = epochs * (n_train // batch_size); give steps or epochs
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     eval_every: PositiveInt = 100
     checkpoint_every: NonNegativeInt = 500
@@ -70,7 +71,8 @@ class TrainSpec:
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
-    eval_batch_size: int = 2048
+    eval_batch_size: PositiveInt = 2048
+    divergence_factor: NonNegativeFloat = 1e3  # a member whose loss exceeds this x its initial loss diverged (0: off)
 
 
 @dataclass
@@ -81,7 +83,7 @@ class OptimSpec:
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    eps: PositiveFloat = 1e-8
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: NonNegativeInt = 0
 
@@ -119,7 +121,8 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb",
+                  "divergence_factor"):
             d["train"].pop(k, None)
         for k in self.analysis:
             d.pop(k, None)
@@ -129,7 +132,34 @@ class Recipe:
 _SECTIONS = {"model": ModelSpec, "param": ParamSpec, "data": DataSpec, "train": TrainSpec, "optim": OptimSpec}
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+NAME_MAX = 100  # characters of ``name`` (a folder name under runs/, with room for suffixes)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is one safe path component (it becomes ``runs/<name>``), else a RecipeError."""
+    bad = ("is empty" if not name.strip() else
+           "is '.' or '..'" if name.strip() in (".", "..") else
+           "contains a path separator" if "/" in name or "\\" in name else
+           "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+           f"is longer than {NAME_MAX} characters" if len(name) > NAME_MAX else
+           "starts with '-' or '.'" if name[0] in "-." else "")
+    if bad:
+        raise RecipeError(f"recipe key 'name' {bad} ({name[:40]!r}); it names the run folder runs/<name>: use "
+                          "letters, digits, '-' and '_', like name = \"mlp-digits\"")
+    return name
+
+
+def check_strategy(st: str, what: str = "recipe key 'train.strategy'") -> str:
+    """``st`` if it is auto, vectorized, loop or chunk:N (N >= 1), else a RecipeError naming ``what``."""
+    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit()
+                                                       and int(st[6:]) > 0)):
+        raise RecipeError(f"{what} is '{st}'; choose auto, vectorized, loop or chunk:N (N >= 1)")
+    return st
+
+
 def _validate(r: Recipe) -> None:
+    check_name(r.name)
     if not r.model.widths:
         raise WidthkitError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
     for w in r.model.widths:
@@ -144,17 +174,28 @@ def _validate(r: Recipe) -> None:
     if r.train.epochs <= 0 and r.train.steps <= 0:
         raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
-    st = r.train.strategy
-    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)):
-        raise WidthkitError(f"recipe key 'train.strategy' is '{st}'; choose auto, vectorized, loop or chunk:N")
-    if len(r.optim.betas) != 2:
-        raise WidthkitError("recipe key 'optim.betas' must be two numbers, like [0.9, 0.999]")
+    check_strategy(r.train.strategy)
+    if not _DEVICE.fullmatch(r.train.device):
+        raise RecipeError(f"recipe key 'train.device' is '{r.train.device}'; choose auto, cpu, cuda, cuda:N or mps")
+    if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
+        raise WidthkitError("recipe key 'optim.betas' must be two numbers in [0, 1), like [0.9, 0.999]")
     from .models import model_kwargs  # validates family and its hyper-parameters
     accepted = model_kwargs(r.model.family)
     for key in r.model.kwargs:
         if key not in accepted:
             raise WidthkitError(f"unknown recipe key 'model.{key}' for family '{r.model.family}'"
                                 f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _check_written(raw: dict) -> None:
+    """Checks on a recipe as written (TOML): it says something, and not both ``steps`` and ``epochs``
+    (a resolved recipe, :meth:`Recipe.to_dict`, has both)."""
+    if not raw:
+        raise RecipeError("the recipe is empty; give at least [model] widths and [data] task "
+                          "(see `widthkit study quickstart` or recipes/quickstart.toml)")
+    train = raw.get("train")
+    if isinstance(train, dict) and "steps" in train and "epochs" in train:
+        raise RecipeError("recipe keys 'train.steps' and 'train.epochs' are both set; keep one of them")
 
 
 def _seeds(value: Any) -> Any:
@@ -280,7 +321,12 @@ def find_recipe(name_or_path: str | Path) -> Path:
 def read_recipe_file(name_or_path: str | Path) -> tuple[str, dict]:
     """Read a TOML recipe (a path or a shipped name, see :func:`find_recipe`); a missing file or bad TOML is one line."""
     path = find_recipe(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe file '{path}' ({e.strerror}); check its permissions") from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -307,7 +353,10 @@ def as_recipe_dict(recipe, overrides: list[str] | None = None) -> tuple[str, dic
         text, raw = read_recipe_file(recipe)
     else:
         raise WidthkitError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
-    return text, apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides)
+    if text or not raw:
+        _check_written(raw)
+    return text, raw
 
 
 def resolve_recipe(recipe, overrides: list[str] | None = None) -> Recipe:

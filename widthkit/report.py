@@ -101,7 +101,8 @@ def run_warnings(view, index: dict | None = None) -> list[str]:
         except WidthkitError:
             continue  # an unreadable shard: the results block says so
         if div.any():
-            out.append(f"width {w}: {int(div.sum())} of {len(div)} members diverged (NaN/inf loss); "
+            why = ", ".join(sorted({r for r in view.diverged_reason(w) if r})) or "NaN/inf loss"
+            out.append(f"width {w}: {int(div.sum())} of {len(div)} members diverged ({why}); "
                        "analyses leave them out")
     return out
 

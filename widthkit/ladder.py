@@ -158,16 +158,16 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
 def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executor) -> Run:
     index_path = out / "index.json"
     index = read_index(out) if index_path.exists() else None
-    if index is not None and not any(j.get("status") == "done" for j in index["jobs"].values()):
-        info(f"run directory '{out}' holds no finished job; starting it afresh")
-        _remove_checkpoints(out, index)
+    same = index is not None and [p["fingerprint"] for p in index["points"]] == [p["fingerprint"] for p in points]
+    if index is not None and not same and not any(j.get("status") == "done" for j in index["jobs"].values()):
+        info(f"run directory '{out}' holds no finished job of another recipe; starting it afresh")
+        _remove_checkpoints(out, index)  # a corrected recipe is never blocked by a run that produced nothing
         index = None
     if index is not None and not resume:
         raise RunStoreError(f"run directory '{out}' already holds a run; pass `resume=True` to continue it, "
                             "or another `out`")
     if index is not None:
-        old = [p["fingerprint"] for p in index["points"]]
-        if old != [p["fingerprint"] for p in points]:
+        if not same:
             raise RunStoreError(f"run directory '{out}' holds a run of a different recipe; refusing to mix "
                                 "results: use the same recipe and --set values, or another `out`")
         jobs = _keep_layout(index, jobs)

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from .atomic import pid_alive
 from .errors import RunStoreError
+from .store import read_index
 
 LOCK = ".widthkit.lock"
 INDEX = "index.json"
@@ -45,19 +46,28 @@ def claim_run_dir(out: str | Path) -> Path:
     Raises :class:`RunStoreError` naming the problem: a file, a path under a file, or foreign content.
     """
     out = Path(out)
+    try:
+        return _claim(out)
+    except RunStoreError:
+        raise
+    except OSError as e:  # a name too long for the file system, a permission, ...
+        why = "a name in it is too long for the file system" if e.errno == errno.ENAMETOOLONG else e.strerror
+        raise RunStoreError(f"`out` '{str(out)[:80]}' cannot be used ({why}); pass another folder") from None
+
+
+def _claim(out: Path) -> Path:
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             where = "is a file" if parent == out else f"lies under the file '{parent}'"
             raise RunStoreError(f"`out` '{out}' {where}; pass a folder that is empty, new, or a widthkit run")
         if parent.exists():
             break
-    if not out.exists() or (out / INDEX).is_file():
+    if not out.exists():
         return out
-    try:
-        foreign = _foreign(out)
-    except PermissionError:
-        raise RunStoreError(f"cannot list `out` '{out}' (permission denied); pass a folder you can write") \
-            from None
+    if (out / INDEX).is_file():
+        read_index(out)  # a foreign index.json is refused here, naming it
+        return out
+    foreign = _foreign(out)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise RunStoreError(f"`out` '{out}' is not empty and not a widthkit run (it holds {shown}); "

@@ -231,10 +231,41 @@ def read_index(run_dir: Path) -> dict:
                             f"--out {run_dir} --resume` to rebuild it from the shards") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise WidthkitError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
-    if index.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(index.get("format_version", 0), int) or index.get("format_version", 0) > FORMAT_VERSION:
         raise WidthkitError(f"run '{run_dir}' was written by a newer widthkit (format "
                             f"{index['format_version']}); upgrade widthkit to read it")
+    problem = _index_problem(index)
+    if problem:
+        raise RunStoreError(f"'{path}' is damaged ({problem}); rerun `widthkit train RECIPE --out {run_dir} "
+                            "--resume` to rebuild it from the shards")
     return index
+
+
+_INDEX_FIELDS = {"points": {"key": str, "recipe": dict, "fingerprint": str},
+                 "jobs": {"point": int, "width": int, "seeds": list, "shard": str, "status": str}}
+
+
+def _index_problem(index: dict) -> str:
+    """What is wrong with the shape of a run index ('' if nothing): points a list, jobs a mapping, each entry
+    with its fields of the right types, jobs pointing at existing points and at files under ``shards/``."""
+    points, jobs = index.get("points"), index.get("jobs")
+    if not isinstance(points, list) or not points:
+        return "'points' is not a non-empty list"
+    if not isinstance(jobs, dict):
+        return "'jobs' is not a mapping"
+    for where, entries in (("points", enumerate(points)), ("jobs", jobs.items())):
+        for k, e in entries:
+            if not isinstance(e, dict):
+                return f"{where}[{k!r}] is not a mapping"
+            for field_, tp in _INDEX_FIELDS[where].items():
+                if not isinstance(e.get(field_), tp) or isinstance(e.get(field_), bool):
+                    return f"{where}[{k!r}].{field_} is missing or not {tp.__name__}"
+    for k, j in jobs.items():
+        if not 0 <= j["point"] < len(points):
+            return f"jobs[{k!r}].point {j['point']} is not a grid point"
+        if Path(j["shard"]).parts[:1] != ("shards",) or ".." in Path(j["shard"]).parts or Path(j["shard"]).is_absolute():
+            return f"jobs[{k!r}].shard '{j['shard']}' is not a file under shards/"
+    return ""
 
 
 def write_index(run_dir: Path, index: dict) -> None:

@@ -216,8 +216,9 @@ class MemberResults:
 def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
     """Set ``res.diverged_step`` / ``diverged_reason`` [E] from the engine's NaN/inf steps and the recorded curves.
 
-    Besides a NaN/inf loss ("nan", from the engine), a member is diverged when a loss at an evaluation
-    exceeds ``train.divergence_factor`` x its initial test loss ("loss-bound", at that step), or when a
+    Besides a NaN/inf loss ("nan", from the engine), a member is diverged when its loss at the last
+    evaluation exceeds ``train.divergence_factor`` x its initial test loss ("loss-bound", from the step it
+    stayed above the bound; a transient spike that comes back, a catapult, is not divergence), or when a
     classifier stays at chance: test accuracy within 3 binomial standard errors of 1/K at every evaluation
     after step 0 while its final test loss is no lower than its initial one ("chance", at the last step).
     """
@@ -236,11 +237,10 @@ def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
     for e in range(len(step)):
         if reason[e]:
             continue
-        if k and initial[e] > 0:
-            over = np.flatnonzero(worst[e] > k * initial[e])
-            if len(over):
-                step[e], reason[e] = res.steps[over[0]], "loss-bound"
-                continue
+        if k and initial[e] > 0 and worst[e, -1] > k * initial[e]:
+            below = np.flatnonzero(~(worst[e] > k * initial[e]))  # the last evaluation within the bound
+            step[e], reason[e] = res.steps[below[-1] + 1 if len(below) else 0], "loss-bound"
+            continue
         if chance and stuck[e]:
             step[e], reason[e] = res.steps[-1], "chance"
     res.diverged_step, res.diverged_reason = step, reason

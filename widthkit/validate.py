@@ -64,6 +64,8 @@ PositiveInt = Annotated[int, Range(ge=1)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
+UnitFraction = Annotated[float, Range(gt=0, le=1)]
+OpenUnitFraction = Annotated[float, Range(gt=0, lt=1)]
 
 # type -> (recipe words singular, recipe words plural, Python name)
 _WORDS = {int: ("an integer", "integers", "int"), float: ("a number", "numbers", "float"),

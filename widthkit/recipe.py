@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
-from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass,
-                       parse_value)
+from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass, coerce,
+                       describe, parse_value)
 
 
 @dataclass
@@ -293,6 +293,8 @@ def _list_kwarg(raw: dict, key: str) -> bool:
     """Family hyper-parameters whose default is a list (e.g. resnet ``layers``) are not sweeps."""
     from .models import model_kwargs
     family = raw.get("model", {}).get("family", ModelSpec.family)
+    if not isinstance(family, str):  # a sweep over families, or a wrong type that from_dict reports
+        return False
     try:
         return isinstance(model_kwargs(family).get(key), (list, tuple))
     except WidthkitError:
@@ -385,5 +387,15 @@ T = typing.TypeVar("T")
 
 
 def section(recipe: Recipe, name: str, cls: type[T], overrides: dict | None = None) -> T:
-    """Validate the free-form analysis table ``[name]`` (updated by ``overrides``) against dataclass ``cls``."""
+    """Validate the free-form analysis table ``[name]`` (updated by ``overrides``) against dataclass ``cls``.
+
+    A bad value in ``overrides`` (keyword options of an API call, or CLI flags) is named as the option
+    (`` `subsets` must be ...``, which the CLI shows as ``--subsets``), not as a recipe key."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for key, value in (overrides or {}).items():
+        if key in hints:
+            try:
+                coerce(value, hints[key], key)
+            except WidthkitError:
+                raise RecipeError(f"`{key}` must be {describe(hints[key])}, got {value!r}") from None
     return build_dataclass(cls, {**recipe.analysis.get(name, {}), **(overrides or {})}, name)

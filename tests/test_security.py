@@ -293,3 +293,19 @@ def test_stale_temporary_files_are_cleaned_on_the_next_write(ladder, tmp_path):
     (run / "shards" / "p00-w00016-s0-2.h5").unlink()
     train_ladder(RECIPE, run, resume=True)
     assert not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("content,needle", [("pickle", "asks to run code"), ("text", "is not a PyTorch checkpoint"),
+                                            ("tensor", "holds no state dict"), ("empty", "holds no state dict")])
+def test_atlas_timm_checkpoint_errors_are_one_line(tmp_path, capsys, content, needle):
+    path, marker = tmp_path / "w.pt", tmp_path / "pwned"
+    if content == "pickle":
+        torch.save({"model": _Evil(marker)}, path)
+    elif content == "text":
+        path.write_text("these are not weights")
+    else:
+        torch.save(torch.zeros(3) if content == "tensor" else {}, path)
+    assert main(["atlas-timm", "resnet18", "--checkpoint", str(path), "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+    assert not marker.exists()

@@ -36,12 +36,12 @@ lr = 0.05
 """
 
 
-def _set(key: str, value: str) -> str:
-    """BASE with ``key = value`` (``section.key`` or a top-level key) replaced or added."""
+def _set(key: str, value: str, base: str = BASE) -> str:
+    """``base`` with ``key = value`` (``section.key`` or a top-level key) replaced or added."""
     sec, _, k = key.rpartition(".")
     blocks = {"": []}
     cur = ""
-    for ln in BASE.splitlines():
+    for ln in base.splitlines():
         if ln.startswith("["):
             cur = ln.strip("[]")
             blocks[cur] = []
@@ -319,3 +319,26 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
         p = subprocess.run([sys.executable, "-m", "widthkit.cli", "train", *args], capture_output=True, text=True,
                            cwd=tmp_path)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_read_only_run_directory_still_reads(run_dir, tmp_path, capsys, monkeypatch):
+    """Reading commands work on a run directory that refuses writes (a read-only mount, another user's
+    run); writing into it is one line that says where to write instead."""
+    import os
+    import tempfile
+    run = tmp_path / "ro"
+    shutil.copytree(run_dir, run)
+    real_mkstemp, real_mkdir = tempfile.mkstemp, Path.mkdir
+
+    def refuse(path):
+        if Path(path).resolve().is_relative_to(run.resolve()):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, dir=None, **k: refuse(dir) or real_mkstemp(*a, dir=dir, **k))
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse(self) or real_mkdir(self, *a, **k))
+    assert _cli(["-q", "report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 0
+    assert _cli(["-q", "ensemble-bias", str(run), "--out", str(tmp_path / "eb")]) == 0
+    capsys.readouterr()
+    line = _one_line(capsys, _cli(["-q", "report", str(run)]))
+    assert "read-only" in line and "pass --out" in line

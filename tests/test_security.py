@@ -27,23 +27,12 @@ from widthkit.report import write_report
 from widthkit.store import analysable_widths, open_run
 from widthkit.studies import study
 
-RECIPE = """
-name = "sec"
-[model]
-family = "mlp"
-widths = [8, 16]
-depth = 2
-[data]
-task = "digits"
-batch_size = 32
-[train]
-steps = 12
-seeds = 3
-eval_every = 6
-checkpoint_every = 4
-[optim]
-lr = 0.05
-"""
+from test_bad_inputs import BASE, _set
+
+RECIPE = BASE
+for _k, _v in {"name": '"sec"', "train.steps": "12", "train.seeds": "3", "train.eval_every": "6",
+               "train.checkpoint_every": "4"}.items():
+    RECIPE = _set(_k, _v, RECIPE)
 
 
 @pytest.fixture(scope="module")

@@ -118,9 +118,9 @@ def write_shard(path: Path, *, job: str, point: int, point_key: str, recipe: Rec
             a["attrs_sha256"] = _attrs_digest(f)
 
 
-def different_recipe(path: Path, theirs, fingerprint: str) -> WidthkitError:
+def different_recipe(path: Path, theirs, fingerprint: str) -> RunStoreError:
     """The error for a shard written by another recipe: results are never mixed."""
-    return WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != {fingerprint}); "
+    return RunStoreError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != {fingerprint}); "
                          "refusing to mix runs: use a fresh --out directory")
 
 
@@ -140,13 +140,13 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
-        raise WidthkitError(f"shard '{path}' is missing; {fix}") from None
+        raise RunStoreError(f"shard '{path}' is missing; {fix}") from None
     except OSError as e:
-        raise WidthkitError(f"shard '{path}' is corrupt or truncated ({str(e).split('(')[0].strip()}); {fix}") \
+        raise RunStoreError(f"shard '{path}' is corrupt or truncated ({str(e).split('(')[0].strip()}); {fix}") \
             from None
     if f.attrs.get("format") != SHARD_FORMAT:
         f.close()
-        raise WidthkitError(f"'{path}' is not a widthkit shard; remove it or point to a widthkit run directory")
+        raise RunStoreError(f"'{path}' is not a widthkit shard; remove it or point to a widthkit run directory")
     theirs = f.attrs.get("fingerprint")
     if fingerprint is not None and theirs != fingerprint:
         f.close()
@@ -157,7 +157,7 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
         f["logits/values"][-1:]  # touch the last chunk: truncation shows here
     except (KeyError, OSError) as e:
         f.close()
-        raise WidthkitError(f"shard '{path}' is incomplete or corrupt ({e}); {fix}") from None
+        raise RunStoreError(f"shard '{path}' is incomplete or corrupt ({e}); {fix}") from None
     return f
 
 
@@ -219,20 +219,20 @@ def shard_problem(path: Path, fingerprint: str, expect: dict) -> str | None:
 def read_index(run_dir: Path) -> dict:
     path = Path(run_dir) / "index.json"
     if not Path(run_dir).exists():
-        raise WidthkitError(f"run directory '{run_dir}' does not exist; train one with "
+        raise RunStoreError(f"run directory '{run_dir}' does not exist; train one with "
                             "`widthkit train RECIPE --out DIR` or pass the right path")
     if not path.is_file():
-        raise WidthkitError(f"'{run_dir}' is not a widthkit run (no index.json); pass the --out directory "
+        raise RunStoreError(f"'{run_dir}' is not a widthkit run (no index.json); pass the --out directory "
                             "of `widthkit train`")
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WidthkitError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
+        raise RunStoreError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
                             f"--out {run_dir} --resume` to rebuild it from the shards") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise WidthkitError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
+        raise RunStoreError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
     if not isinstance(index.get("format_version", 0), int) or index.get("format_version", 0) > FORMAT_VERSION:
-        raise WidthkitError(f"run '{run_dir}' was written by a newer widthkit (format "
+        raise RunStoreError(f"run '{run_dir}' was written by a newer widthkit (format "
                             f"{index['format_version']}); upgrade widthkit to read it")
     problem = _index_problem(index)
     if problem:
@@ -408,7 +408,7 @@ class RunPoint:
         if not jobs:
             raise WidthkitError(f"width {width} is not in run '{self.path}'; widths: {self.all_widths}")
         if not all(j.done for j in jobs):
-            raise WidthkitError(f"width {width} of run '{self.path}' is not finished; "
+            raise RunStoreError(f"width {width} of run '{self.path}' is not finished; "
                                 "finish it with `widthkit train RECIPE --out RUN --resume`")
         return jobs
 

@@ -75,7 +75,8 @@ def _training_figure(view, rows) -> tuple[bytes, str]:
             axes[0][1].plot(s, acc, "o-", ms=2, color=colors[w])
     axes[0][0].set_yscale("log")
     axes[0][0].set(xlabel="step", ylabel=f"test loss ({view.loss_name})", title="mean over members")
-    axes[0][0].legend(fontsize=7)
+    if curves:
+        axes[0][0].legend(fontsize=7)
     if has_acc:
         axes[0][1].set(xlabel="step", ylabel="test accuracy")
     with tempfile.TemporaryDirectory() as tmp:

@@ -190,7 +190,8 @@ def test_study_at_huge_lr_keeps_the_report(tmp_path):
     for w in run.widths:
         assert run.diverged(w).all() and set(run.diverged_reason(w)) <= {"nan", "loss-bound", "chance"}
     status = {a.name: a.status for a in res.analyses}
-    assert status["atlas"] == "failed" and any("diverged" in w for w in res.warnings)
+    assert status["atlas"] == "failed" and status["ensemble-bias"] == "failed"  # no usable member anywhere
+    assert any("diverged" in w for w in res.warnings)
 
 
 def test_divergence_beyond_nan(tmp_path):
@@ -213,11 +214,10 @@ def test_divergence_beyond_nan(tmp_path):
     assert 0.11 < 0.1 + 3 * np.sqrt(0.09 / n)  # the stuck member is within the chance band
 
 
-def test_fully_diverged_width_is_never_the_widest(ladder, tmp_path):
+def test_unreadable_width_is_left_out_of_analyses(ladder, tmp_path):
     run = _copy(ladder, tmp_path)
-    with h5py.File(run / "shards" / "p00-w00016-s0-2.h5", "r+") as f:
-        f["members/diverged"][...] = True
-    with pytest.warns(UserWarning, match="skipping width 16: all 3 members diverged"):
+    _flip(run / "shards" / "p00-w00016-s0-2.h5", "metrics/test_loss")
+    with pytest.warns(UserWarning, match="skipping width 16: shard .* is corrupt"):
         assert analysable_widths(open_run(run)) == [8]
 
 

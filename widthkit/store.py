@@ -597,11 +597,9 @@ for _name in sorted(n for n in vars(RunPoint) if not n.startswith("_") and n not
 
 
 def analysable_widths(run) -> list[int]:
-    """A run's finished widths that can be analysed, with a warning naming each one left out.
-
-    Left out: unfinished widths, widths with an unreadable shard, and widths whose every member diverged
-    (so no analysis takes a fully diverged width as "the widest").  Fails if no width is left.
-    """
+    """A run's finished widths that can be read, for an analysis, with a warning naming each one left out
+    (unfinished widths, widths with an unreadable shard).  Fails if no width is left.  Diverged members
+    (a fully diverged width too) are left to the analysis, which records them as skipped."""
     unfinished = sorted(int(w) for w in (run.unfinished or []))
     if unfinished:
         warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
@@ -610,17 +608,14 @@ def analysable_widths(run) -> list[int]:
     keep = []
     for w in sorted(int(w) for w in run.widths):
         try:
-            div = np.asarray(run.diverged(w), bool)
+            run.diverged(w)
         except RunStoreError as e:
             warn(f"skipping width {w}: {e}")
             continue
-        if div.all():
-            warn(f"skipping width {w}: all {len(div)} members diverged")
-            continue
         keep.append(w)
     if not keep:
-        raise RunStoreError("no width of the run has a readable shard and a member that did not diverge; "
-                            "lower optim.lr or fix the run with 'widthkit train RECIPE --out RUN --resume'")
+        raise RunStoreError("no finished width of the run can be read; recompute its shards with "
+                            "'widthkit train RECIPE --out RUN --resume'")
     return keep
 
 

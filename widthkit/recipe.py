@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
+from .errors import DataNotFoundError, RecipeError, UnknownNameError, WidthkitError, did_you_mean
 from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass, coerce,
                        describe, parse_value)
 
@@ -161,29 +161,29 @@ def check_strategy(st: str, what: str = "recipe key 'train.strategy'") -> str:
 def _validate(r: Recipe) -> None:
     check_name(r.name)
     if not r.model.widths:
-        raise WidthkitError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
+        raise RecipeError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
     for w in r.model.widths:
         if w <= 0:
-            raise WidthkitError(f"recipe key 'model.widths' has {w}; widths must be positive integers")
+            raise RecipeError(f"recipe key 'model.widths' has {w}; widths must be positive integers")
     if len(set(r.model.widths)) != len(r.model.widths):
-        raise WidthkitError("recipe key 'model.widths' has repeated widths; list each width once")
+        raise RecipeError("recipe key 'model.widths' has repeated widths; list each width once")
     if not r.train.seeds:
-        raise WidthkitError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
+        raise RecipeError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
     if len(set(r.train.seeds)) != len(r.train.seeds):
-        raise WidthkitError("recipe key 'train.seeds' has repeated seeds; list each seed once")
+        raise RecipeError("recipe key 'train.seeds' has repeated seeds; list each seed once")
     if r.train.epochs <= 0 and r.train.steps <= 0:
-        raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
+        raise RecipeError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
     check_strategy(r.train.strategy)
     if not _DEVICE.fullmatch(r.train.device):
         raise RecipeError(f"recipe key 'train.device' is '{r.train.device}'; choose auto, cpu, cuda, cuda:N or mps")
     if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
-        raise WidthkitError("recipe key 'optim.betas' must be two numbers in [0, 1), like [0.9, 0.999]")
+        raise RecipeError("recipe key 'optim.betas' must be two numbers in [0, 1), like [0.9, 0.999]")
     from .models import model_kwargs  # validates family and its hyper-parameters
     accepted = model_kwargs(r.model.family)
     for key in r.model.kwargs:
         if key not in accepted:
-            raise WidthkitError(f"unknown recipe key 'model.{key}' for family '{r.model.family}'"
+            raise UnknownNameError(f"unknown recipe key 'model.{key}' for family '{r.model.family}'"
                                 f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted)) or 'none'}")
 
 
@@ -202,7 +202,7 @@ def _seeds(value: Any) -> Any:
     """``seeds = 4`` means seeds 0..3; a list is taken as is."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value <= 0:
-            raise WidthkitError(f"recipe key 'train.seeds' is {value}; give a positive count or a list of seeds")
+            raise RecipeError(f"recipe key 'train.seeds' is {value}; give a positive count or a list of seeds")
         return list(range(value))
     return value
 
@@ -219,7 +219,7 @@ def from_dict(raw: dict) -> Recipe:
         if isinstance(raw[key], dict) and not difflib.get_close_matches(key, _SECTIONS, n=1, cutoff=0.8):
             analysis[key] = raw.pop(key)  # an analysis table
         else:
-            raise WidthkitError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
+            raise UnknownNameError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
                                 f"valid: {', '.join(sorted(known))} and the analysis tables")
     if isinstance(raw.get("train"), dict) and "seeds" in raw["train"]:
         raw["train"]["seeds"] = _seeds(raw["train"]["seeds"])
@@ -233,14 +233,14 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         if "=" not in item:
-            raise WidthkitError(f"--set '{item}' is not of the form section.key=value (e.g. optim.lr=0.1)")
+            raise RecipeError(f"--set '{item}' is not of the form section.key=value (e.g. optim.lr=0.1)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise WidthkitError(f"--set '{key}': '{p}' is not a section")
+                raise RecipeError(f"--set '{key}': '{p}' is not a section")
         node[parts[-1]] = parse_value(text.strip())
     return raw
 
@@ -274,7 +274,7 @@ def expand_grid(raw: dict) -> list[tuple[str, dict]]:
                 swept = key in scalar[sec]
             if swept:
                 if not value:
-                    raise WidthkitError(f"recipe key '{sec}.{key}' is an empty sweep list")
+                    raise RecipeError(f"recipe key '{sec}.{key}' is an empty sweep list")
                 axes.append((sec, key, value))
     if not axes:
         return [("", raw)]
@@ -350,11 +350,11 @@ def as_recipe_dict(recipe, overrides: list[str] | None = None) -> tuple[str, dic
         try:
             text, raw = recipe, tomllib.loads(recipe)
         except tomllib.TOMLDecodeError as e:
-            raise WidthkitError(f"recipe is not valid TOML: {e}") from None
+            raise RecipeError(f"recipe is not valid TOML: {e}") from None
     elif isinstance(recipe, (str, Path)):
         text, raw = read_recipe_file(recipe)
     else:
-        raise WidthkitError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
+        raise RecipeError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
     raw = apply_overrides(raw, overrides)
     if text or not raw:
         _check_written(raw)
@@ -368,7 +368,7 @@ def resolve_recipe(recipe, overrides: list[str] | None = None) -> Recipe:
     _, raw = as_recipe_dict(recipe, overrides)
     points = expand_grid(raw)
     if len(points) > 1:
-        raise WidthkitError(f"recipe '{raw.get('name', 'ladder')}' sweeps {len(points)} grid points; this takes "
+        raise RecipeError(f"recipe '{raw.get('name', 'ladder')}' sweeps {len(points)} grid points; this takes "
                             "one: fix the swept field, e.g. overrides=['optim.lr=0.1']")
     return from_dict(points[0][1])
 

@@ -27,7 +27,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .data import Task
 from .engine import Ensemble, lr_at, member_losses
-from .errors import RecipeError, WidthkitError
+from .errors import RecipeError
 from .param import ParamTable
 from .progress import bar, info, warn
 from .recipe import Recipe

@@ -66,7 +66,6 @@ def read_state_dict(path: str) -> dict:
 def load_timm(args):
     """(model, x, y, out_dir, label) for a timm model with local weights, on 3-channel images."""
     import timm
-    import torch
     import torch.nn.functional as F
 
     from ..data import load_task

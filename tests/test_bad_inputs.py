@@ -342,3 +342,22 @@ def test_read_only_run_directory_still_reads(run_dir, tmp_path, capsys, monkeypa
     capsys.readouterr()
     line = _one_line(capsys, _cli(["-q", "report", str(run)]))
     assert "read-only" in line and "pass --out" in line
+
+
+@pytest.mark.parametrize("damage", ["not-json", "job-no-width"])
+def test_damaged_index_advice_works(run_dir, tmp_path, capsys, damage):
+    """The advice of a damaged index's error (`widthkit train RECIPE --out RUN --resume`) rebuilds it from
+    the shards without training anything again."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    good = json.loads((run / "index.json").read_text())
+    _, doc, _ = next(c for c in _damaged(good) if c[0] == damage)
+    (run / "index.json").write_text(_index(doc))
+    line = _one_line(capsys, _cli(["-q", "report", str(run)]))
+    assert "--resume` to rebuild it from the shards" in line
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / "shards").glob("*.h5")}
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(BASE)
+    assert _cli(["-q", "train", str(recipe), "--out", str(run), "--resume"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "shards").glob("*.h5")} == stamps
+    assert _cli(["-q", "report", str(run)]) == 0

@@ -24,8 +24,8 @@ from .executors import get_executor
 from .progress import info, warn
 from .recipe import as_recipe_dict, check_strategy, expand_grid, from_dict
 from .rundir import claim_run_dir, run_lock
-from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
-                    shard_problem, versions, write_index, write_shard)
+from .store import (FORMAT, FORMAT_VERSION, DamagedIndexError, Run, different_recipe, foreign_fingerprint, job_id,
+                    now, read_index, shard_problem, versions, write_index, write_shard)
 from .trainer import check_fits, check_recipe_task, load_checkpoint, train_members
 
 
@@ -157,7 +157,7 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
 
 def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executor) -> Run:
     index_path = out / "index.json"
-    index = read_index(out) if index_path.exists() else None
+    index = _existing_index(out, resume) if index_path.exists() else None
     same = index is not None and [p["fingerprint"] for p in index["points"]] == [p["fingerprint"] for p in points]
     if index is not None and not same and not any(j.get("status") == "done" for j in index["jobs"].values()):
         info(f"run directory '{out}' holds no finished job of another recipe; starting it afresh")
@@ -218,6 +218,17 @@ def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executo
     if all(rec["status"] == "done" for rec in index["jobs"].values()):
         _remove_checkpoints(out, index)
     return Run(out)
+
+
+def _existing_index(out: Path, resume: bool) -> dict | None:
+    """The run's index; a damaged one is rebuilt on resume (None here: every intact shard is found again)."""
+    try:
+        return read_index(out)
+    except DamagedIndexError as e:
+        if not resume:
+            raise
+        warn(f"{e}; rebuilding the index from the shards")
+        return None
 
 
 def _keep_layout(index: dict, jobs: list[Job]) -> list[Job]:

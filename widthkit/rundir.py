@@ -1,7 +1,8 @@
 """Run directories are owned: what ``train``/``study`` may write into, and one driver at a time.
 
 * :func:`claim_run_dir` accepts an ``out`` that does not exist, is empty, or is already a widthkit run
-  (it has a widthkit ``index.json``, or holds nothing but files widthkit writes before its index).  A file,
+  (it has a widthkit ``index.json``, a damaged one beside widthkit shards, or holds nothing but files
+  widthkit writes before its index).  A file,
   a path under a file, or a folder with anything else is refused in one line naming what is there, so a
   user's folder is never taken over.
 * :func:`run_lock` guards a run directory against two drivers at once with ``RUN/.widthkit.lock``
@@ -22,7 +23,7 @@ from typing import Iterator
 
 from .atomic import pid_alive
 from .errors import RunStoreError
-from .store import read_index
+from .store import DamagedIndexError, read_index
 
 LOCK = ".widthkit.lock"
 INDEX = "index.json"
@@ -65,7 +66,12 @@ def _claim(out: Path) -> Path:
     if not out.exists():
         return out
     if (out / INDEX).is_file():
-        read_index(out)  # a foreign index.json is refused here, naming it
+        try:
+            read_index(out)
+        except DamagedIndexError as e:  # a damaged index of a run (its shards are there) is rebuilt by a resume
+            if not any((out / "shards").glob("p*-w*.h5")):
+                raise RunStoreError(f"`out` '{out}' holds an index.json that is not a widthkit run's ({e}); "
+                                    "pass a new or empty folder") from None
         return out
     foreign = _foreign(out)
     if foreign:

@@ -216,6 +216,10 @@ def shard_problem(path: Path, fingerprint: str, expect: dict) -> str | None:
 
 
 # -------------------------------------------------------------------- index
+class DamagedIndexError(RunStoreError):
+    """``index.json`` is unreadable or malformed; ``train_ladder(..., resume=True)`` rebuilds it from the shards."""
+
+
 def read_index(run_dir: Path) -> dict:
     path = Path(run_dir) / "index.json"
     if not Path(run_dir).exists():
@@ -227,7 +231,7 @@ def read_index(run_dir: Path) -> dict:
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunStoreError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
+        raise DamagedIndexError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
                             f"--out {run_dir} --resume` to rebuild it from the shards") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise RunStoreError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
@@ -236,7 +240,7 @@ def read_index(run_dir: Path) -> dict:
                             f"{index['format_version']}); upgrade widthkit to read it")
     problem = _index_problem(index)
     if problem:
-        raise RunStoreError(f"'{path}' is damaged ({problem}); rerun `widthkit train RECIPE --out {run_dir} "
+        raise DamagedIndexError(f"'{path}' is damaged ({problem}); rerun `widthkit train RECIPE --out {run_dir} "
                             "--resume` to rebuild it from the shards")
     return index
 

@@ -300,3 +300,15 @@ def test_atlas_timm_checkpoint_errors_are_one_line(tmp_path, capsys, content, ne
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_a_width_against_itself_is_a_warning_not_a_result(ladder, tmp_path, capsys):
+    """When the widest width fully diverged, ensemble-bias neither takes it as the widest nor compares the
+    remaining width with itself."""
+    run = _copy(ladder, tmp_path)
+    with h5py.File(run / "shards" / "p00-w00016-s0-2.h5", "r+") as f:  # as a lr = 1e4 width ends up
+        f["members/diverged"][...] = True
+    assert main(["ensemble-bias", str(run), "--out", str(tmp_path / "eb"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["skipped_widths"] == [16] and [w["width"] for w in res["per_width"]] == [8]
+    assert res["agreement"] is None and not (tmp_path / "eb" / "ensemble_agreement.png").exists()

@@ -489,8 +489,12 @@ def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits
 
 
 def _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed) -> Agreement | None:
-    """Agreement with the widest width at every common evaluation step (or just ``step``)."""
+    """Agreement with the widest width at every common evaluation step (or just ``step``); None, with a
+    warning, when only one width is usable (it would be compared with itself)."""
     wmax = widths[-1]
+    if len(widths) < 2:
+        warn(f"only width {wmax} has usable members: no agreement with the widest width (a width against itself)")
+        return None
     if over_training:
         common = set(int(s) for s in run.logit_steps(widths[0]))
         for w in widths[1:]:

@@ -6,7 +6,8 @@ two writers.  Rerunning with ``resume=True`` keeps every finished shard (also th
 worker wrote after the driver died), recomputes missing or corrupt ones, and resumes
 unfinished jobs from their checkpoints in ``RUN/ckpt``.  A job that fails is marked
 ``failed`` in the index with its error; the others go on, and the driver then raises
-one :class:`WidthkitError` naming every failed job.
+one :class:`JobsFailedError` naming every failed job.  The run directory is claimed and locked first
+(:mod:`widthkit.rundir`), and every shard is checked against its job before it counts as finished.
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from .build import build_member, count_params, load_recipe_task, member_params
 from .atomic import atomic_write_text
+from .build import build_member, count_params, load_recipe_task, member_params
 from .errors import JobsFailedError, RecipeError, RunStoreError
 from .executors import get_executor
 from .progress import info, warn

@@ -14,7 +14,8 @@ Shard layout (HDF5)::
 
     attrs: format="widthkit-shard", format_version, fingerprint, job, point, point_key,
            width, seeds (JSON), strategy (JSON), recipe (JSON), versions (JSON),
-           param_table (JSON), seconds, created
+           param_table (JSON), seconds, created, diverged_reason (JSON),
+           attrs_sha256 (of the others); every dataset has a fletcher32 checksum
     metrics/{step, lr}                  [T]
     metrics/{train_loss, train_acc, test_loss, test_acc}   [E, T]
     logits/step [S], logits/values [E, S, N, K]   test outputs at every evaluation
@@ -24,7 +25,8 @@ Shard layout (HDF5)::
 
 ``open_run(path)`` returns a :class:`Run` (the directory); ``run.select(point)`` a
 :class:`RunPoint` (one grid point, what analyses read).  A foreign or corrupt file raises
-a one-line :class:`WidthkitError` that names it and the fix.
+a one-line :class:`RunStoreError` that names it and the fix: a shard must be the job the index
+and its file name say (:func:`check_identity`), and a checksum that fails on read is corruption.
 """
 from __future__ import annotations
 

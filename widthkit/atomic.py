@@ -8,19 +8,47 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WidthkitError
+from .errors import RunStoreError
+
+
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _remove_stale_temporaries(folder: Path, suffix: str) -> None:
+    """Delete temporary files of killed writes in ``folder``: this host's, whose writing process is gone.
+
+    Temporary names carry ``<host>-<pid>``, so a live writer's file (another worker, another node) is kept.
+    """
+    for tmp in folder.glob(f".*.{_HOST}-*{suffix}"):
+        pid = tmp.name.rsplit(f".{_HOST}-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path; on success it is renamed over ``path``."""
+    """Yield a temporary path; on success it is renamed over ``path``.  Stale temporaries of killed writes
+    in the same folder are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    _remove_stale_temporaries(path.parent, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
@@ -34,9 +62,9 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise WidthkitError(
+            raise RunStoreError(
                 f"disk full while writing {path}; the previous version is intact. "
-                "Free some space and rerun with --resume") from None
+                "Free some space and rerun with `resume=True`") from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

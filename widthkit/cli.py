@@ -4,12 +4,14 @@ Two kinds of commands, neither listed by hand: every registered analysis (``widt
 command generated from its contract (its options dataclass gives the flags, see ``commands/_analysis.py``),
 and every module of ``widthkit.commands`` (``train``, ``study``, ``report``, ...) defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``.  User mistakes (:class:`WidthkitError`) print one line
-and exit 2; Ctrl-C exits 130 after saying that finished work is kept.
+and exit 2, and so does a file system that refuses a write (read-only, no permission, full, name too long);
+Ctrl-C exits 130 after saying that finished work is kept.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import functools
 import importlib
 import pkgutil
@@ -72,11 +74,27 @@ def main(argv: list[str] | None = None) -> int:
     except WidthkitError as e:
         print(f"widthkit {args.command}: error: {translate(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused (read-only, permissions, full, name too long): not a bug
+        if e.errno not in _FS_ERRORS:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"widthkit {args.command}: error: cannot use{where} ({e.strerror}); {_FS_ERRORS[e.errno]}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"widthkit {args.command}: interrupted; finished work is saved. "
               "Rerun the same command with --resume to continue.", file=sys.stderr)
         return 130
 
+
+_FS_ERRORS = {
+    errno.EROFS: "the run directory is read-only: pass --out to write the output elsewhere",
+    errno.EACCES: "no permission there: pass --out to write the output elsewhere",
+    errno.EPERM: "no permission there: pass --out to write the output elsewhere",
+    errno.ENOSPC: "the disk is full: free some space and rerun (finished work is kept)",
+    errno.EDQUOT: "the disk quota is exceeded: free some space and rerun (finished work is kept)",
+    errno.ENAMETOOLONG: "a name is too long for the file system: choose a shorter --out or recipe name",
+}
 
 _API_NAME = re.compile(r"`([A-Za-z_]\w*)(?:=([^`]*))?`")
 

@@ -217,7 +217,7 @@ class RayExecutor:
                         except RayTaskError as e:  # the job raised: not retried, its error is final
                             cause = e.cause if e.cause is not None else e
                             if isinstance(cause, WidthkitError):
-                                raise WidthkitError(str(cause)) from None
+                                raise cause from None  # the worker's own class and line
                             warn(f"job {job.id} failed: {one_line(cause)}; going on with the other jobs")
                             record = failed_record(one_line(cause), str(e))
                         except RayError as e:  # worker or node died more often than max_retries allows

@@ -6,26 +6,28 @@ two writers.  Rerunning with ``resume=True`` keeps every finished shard (also th
 worker wrote after the driver died), recomputes missing or corrupt ones, and resumes
 unfinished jobs from their checkpoints in ``RUN/ckpt``.  A job that fails is marked
 ``failed`` in the index with its error; the others go on, and the driver then raises
-one :class:`WidthkitError` naming every failed job.
+one :class:`JobsFailedError` naming every failed job.  The run directory is claimed and locked first
+(:mod:`widthkit.rundir`), and every shard is checked against its job before it counts as finished.
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .atomic import atomic_write_text
 from .build import build_member, count_params, load_recipe_task, member_params
-from .errors import WidthkitError
+from .errors import JobsFailedError, RecipeError, RunStoreError
 from .executors import get_executor
 from .progress import info, warn
-from .recipe import as_recipe_dict, expand_grid, from_dict
-from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
-                    shard_ok, versions, write_index, write_shard)
+from .recipe import as_recipe_dict, check_strategy, expand_grid, from_dict
+from .rundir import claim_run_dir, run_lock
+from .store import (FORMAT, FORMAT_VERSION, DamagedIndexError, Run, different_recipe, foreign_fingerprint, job_id,
+                    now, read_index, shard_problem, versions, write_index, write_shard)
 from .tracking import JobInfo, JobLogger
-from .trainer import train_members
+from .trainer import check_fits, check_recipe_task, load_checkpoint, train_members
 
 
 # ---------------------------------------------------------------------- jobs
@@ -62,21 +64,13 @@ class Job:
 
 
 def checkpoint_progress(path: Path) -> dict | None:
-    """Where a job's checkpoint left off: ``{"members_done", "step"}``, or None without one.
-
-    An unreadable checkpoint (a disk fault; writes are atomic) is removed with a
-    warning, so the job restarts from step 0 instead of failing on every attempt.
-    """
-    if not path.exists():
+    """Where a job's checkpoint left off: ``{"members_done", "step"}``, or None without a usable one
+    (see :func:`widthkit.trainer.load_checkpoint`: never unpickles code, moves a bad file aside)."""
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
         return None
-    try:
-        ckpt = torch.load(path, weights_only=False, map_location="cpu", mmap=True)
-        cur = ckpt["current"]
-        return {"members_done": sum(len(r.seeds) for r in ckpt["done"]), "step": int(cur["step"]) if cur else 0}
-    except Exception as e:  # noqa: BLE001 - any unpickling error means the same thing here
-        warn(f"checkpoint '{path}' is unreadable ({type(e).__name__}); restarting its job from step 0")
-        path.unlink(missing_ok=True)
-        return None
+    cur = ckpt["current"]
+    return {"members_done": sum(len(r["seeds"]) for r in ckpt["done"]), "step": int(cur["step"]) if cur else 0}
 
 
 def run_job(job: Job) -> dict:
@@ -103,7 +97,8 @@ def run_job(job: Job) -> dict:
     job.ckpt.unlink(missing_ok=True)
     n_div = int((results.diverged_step >= 0).sum())
     if n_div:
-        warn(f"width {job.width}: {n_div} of {len(job.seeds)} members diverged (NaN/inf loss); "
+        why = ", ".join(sorted({r for r in results.diverged_reason if r}))
+        warn(f"width {job.width}: {n_div} of {len(job.seeds)} members diverged ({why}); "
              "they are marked diverged in the store")
     out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(table),
            "diverged": n_div}
@@ -124,10 +119,12 @@ def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tup
         r = from_dict(praw)
         points.append({"key": key, "recipe": r.to_dict(), "fingerprint": r.fingerprint()})
         task = load_recipe_task(r)
+        check_recipe_task(r, task)
         seeds = r.train.seeds
         k = seeds_per_job or len(seeds)
         for w in sorted(r.model.widths):
             size = member_params(r, w, task)
+            check_fits(r, w, size)
             for i in range(0, len(seeds), k):
                 group = seeds[i:i + k]
                 jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size))
@@ -142,32 +139,49 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     ``recipe`` is anything :func:`widthkit.recipe.as_recipe_dict` accepts (a :class:`Recipe`,
     a raw dict, TOML text or a path).  ``executor`` is
     ``"local"`` (default), ``"ray"`` or an executor object (see :mod:`widthkit.executors`).
+    ``out`` must be new, empty or a widthkit run (:func:`widthkit.rundir.claim_run_dir`); one driver
+    at a time holds it (:func:`widthkit.rundir.run_lock`).  A run whose jobs were split differently
+    (another ``seeds_per_job``) keeps its own split, so no member is stored twice.
     Returns the :class:`Run`; if jobs failed, the others are kept and a one-line
     :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
     """
+    if seeds_per_job is not None and seeds_per_job <= 0:
+        raise RecipeError(f"`seeds_per_job={seeds_per_job}` must be a positive number of seeds per job")
+    if strategy is not None:
+        check_strategy(strategy, "`strategy`")
     text, raw = as_recipe_dict(recipe, overrides)
-    out = Path(out)
+    out = claim_run_dir(out)
     points, jobs = plan_jobs(raw, out, seeds_per_job)
     if strategy:
         for j in jobs:
             j.strategy = strategy
+    with run_lock(out):
+        return _train_locked(text, raw, out, points, jobs, overrides, resume, executor)
+
+
+def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executor) -> Run:
     index_path = out / "index.json"
-    if index_path.exists() and not resume:
-        raise WidthkitError(f"run directory '{out}' already holds a run; add --resume to continue it, "
-                            "or choose another --out")
-    if index_path.exists():
-        index = read_index(out)
-        old = [p["fingerprint"] for p in index["points"]]
-        if old != [p["fingerprint"] for p in points]:
-            raise WidthkitError(f"run directory '{out}' holds a run of a different recipe; refusing to mix "
-                                "results: use the same recipe and --set values, or another --out")
+    index = _existing_index(out, resume) if index_path.exists() else None
+    same = index is not None and [p["fingerprint"] for p in index["points"]] == [p["fingerprint"] for p in points]
+    if index is not None and not same and not any(j.get("status") == "done" for j in index["jobs"].values()):
+        info(f"run directory '{out}' holds no finished job of another recipe; starting it afresh")
+        _remove_checkpoints(out, index)  # a corrected recipe is never blocked by a run that produced nothing
+        index = None
+    if index is not None and not resume:
+        raise RunStoreError(f"run directory '{out}' already holds a run; pass `resume=True` to continue it, "
+                            "or another `out`")
+    if index is not None:
+        if not same:
+            raise RunStoreError(f"run directory '{out}' holds a run of a different recipe; refusing to mix "
+                                "results: use the same recipe and --set values, or another `out`")
+        jobs = _keep_layout(index, jobs)
     else:
         index = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": raw.get("name", "ladder"),
                  "created": now(), "versions": versions(), "recipe_toml": text, "overrides": overrides or [],
                  "points": points, "jobs": {}}
         out.mkdir(parents=True, exist_ok=True)
         if text:
-            (out / "recipe.toml").write_text(text)
+            atomic_write_text(out / "recipe.toml", text)
     for j in jobs:
         index["jobs"].setdefault(j.id, {"point": j.point, "width": j.width, "seeds": j.seeds,
                                         "shard": str(j.shard.relative_to(out)), "status": "pending"})
@@ -175,7 +189,8 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     for j in jobs:
         rec = index["jobs"][j.id]
         fp = points[j.point]["fingerprint"]
-        if j.shard.exists() and shard_ok(j.shard, fp):
+        problem = shard_problem(j.shard, fp, rec) if j.shard.exists() else f"shard '{j.shard}' is missing"
+        if problem is None:
             if rec["status"] != "done":
                 rec["status"] = "done"  # the worker finished; the driver died before recording it
             continue
@@ -183,7 +198,7 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
         if other:
             raise different_recipe(j.shard, other, fp)
         if rec["status"] == "done" or j.shard.exists():
-            warn(f"shard '{j.shard}' is missing or corrupt; recomputing it")
+            warn(f"{problem}; recomputing it")
             j.shard.unlink(missing_ok=True)
         for stale in ("error", "traceback", "resumed_from"):
             rec.pop(stale, None)
@@ -203,10 +218,49 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     get_executor(executor).run(pending, run_job, on_done)
     failed = [j.id for j in pending if index["jobs"][j.id]["status"] == "failed"]
     if failed:
-        raise WidthkitError(failure_summary(index, failed, len(jobs), out))
+        raise JobsFailedError(failure_summary(index, failed, len(jobs), out))
     if all(rec["status"] == "done" for rec in index["jobs"].values()):
-        shutil.rmtree(out / "ckpt", ignore_errors=True)
+        _remove_checkpoints(out, index)
     return Run(out)
+
+
+def _existing_index(out: Path, resume: bool) -> dict | None:
+    """The run's index; a damaged one is rebuilt on resume (None here: every intact shard is found again)."""
+    try:
+        return read_index(out)
+    except DamagedIndexError as e:
+        if not resume:
+            raise
+        warn(f"{e}; rebuilding the index from the shards")
+        return None
+
+
+def _keep_layout(index: dict, jobs: list[Job]) -> list[Job]:
+    """The planned jobs, re-split as the existing run split them (its ``seeds_per_job``).
+
+    Resuming with another ``seeds_per_job`` must not train a member again beside its shard: the
+    index's jobs of each (point, width) cover the same seeds (same recipe fingerprint), so they are kept.
+    """
+    if {j.id for j in jobs} == set(index["jobs"]):
+        return jobs
+    warn("this run splits its seeds into jobs differently from `seeds_per_job`; keeping the run's own split "
+         "(results do not depend on it)")
+    planned = {(j.point, j.width): j for j in jobs}
+    kept = []
+    for key, rec in index["jobs"].items():
+        like = planned[(rec["point"], rec["width"])]
+        kept.append(dataclasses.replace(like, id=key, seeds=list(rec["seeds"])))
+    kept.sort(key=lambda j: (j.width, j.point, j.seeds[0]))
+    return kept
+
+
+def _remove_checkpoints(out: Path, index: dict) -> None:
+    """Delete the checkpoints of ``index``'s jobs (files widthkit wrote), then ``ckpt/`` if it is empty."""
+    ckpt = out / "ckpt"
+    for key in index["jobs"]:
+        (ckpt / f"{key}.pt").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        ckpt.rmdir()  # only when nothing else (a refused checkpoint, a user's file) is left in it
 
 
 def failure_summary(index: dict, failed: list[str], n_jobs: int, out: Path) -> str:

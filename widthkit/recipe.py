@@ -21,6 +21,7 @@ import hashlib
 import importlib.resources
 import itertools
 import json
+import re
 import tomllib
 import types
 import typing
@@ -29,9 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import grid
-from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
-from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass,
-                       parse_value)
+from .errors import DataNotFoundError, RecipeError, UnknownNameError, WidthkitError, did_you_mean
+from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass, coerce,
+                       describe, parse_value)
 
 
 @dataclass
@@ -45,9 +46,9 @@ class ModelSpec:
 class ParamSpec:
     kind: Literal["sp", "ntk", "mup"] = "sp"
     base_width: NonNegativeInt = 0  # muP base width; 0 means the narrowest width of the ladder
-    output_mult: float = 1.0      # muP readout multiplier (alpha)
+    output_mult: PositiveFloat = 1.0  # muP readout multiplier (alpha)
     readout_zero: bool = False    # muP: initialize the readout at zero
-    gain: float = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
+    gain: NonNegativeFloat = 0.0  # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
     readout: Literal["param", "mf"] = "param"  # mf: 1/N readout, SGD lr x N (kind ntk; widthkit.centered)
     gamma0: PositiveFloat = 1.0   # richness: output / gamma0, lr x gamma0^2 (SGD) or gamma0 (Adam)
     center: bool = False          # train f(x) - f0(x), f0 a frozen copy of the member at init
@@ -66,8 +67,8 @@ class DataSpec:
 @dataclass
 class TrainSpec:
     loss: Literal["xent", "mse"] = "xent"  # mse = mean over examples of 0.5 * sum_k (f_k - y_k)^2
-    steps: int = 1000
-    epochs: float = 0.0           # if > 0, steps = epochs * (n_train // batch_size)
+    steps: NonNegativeInt = 1000
+    epochs: NonNegativeFloat = 0.0  # if > 0, steps = epochs * (n_train // batch_size); give steps or epochs
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     eval_every: PositiveInt | str = 100  # every N steps, or "log:K" (K log-spaced steps); see widthkit.grid
     snapshots: list[NonNegativeInt] | str = ""  # member weights kept at: [steps], "log:K" or "every:N" (grid)
@@ -77,7 +78,8 @@ class TrainSpec:
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
     strategy: str = "auto"        # auto | vectorized | loop | chunk:N, optionally +compile | +eager
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
-    eval_batch_size: int = 2048
+    eval_batch_size: PositiveInt = 2048
+    divergence_factor: NonNegativeFloat = 1e3  # a member whose loss exceeds this x its initial loss diverged (0: off)
     loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)  # live tracking
 
 
@@ -89,7 +91,7 @@ class OptimSpec:
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    eps: PositiveFloat = 1e-8
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: NonNegativeInt = 0
 
@@ -127,7 +129,8 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb", "loggers"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb",
+                  "divergence_factor", "loggers"):
             d["train"].pop(k, None)
         if not self.train.snapshots:  # runs without snapshots keep the fingerprint they had before snapshots
             d["train"].pop("snapshots"), d["train"].pop("snapshot_dtype")
@@ -139,43 +142,82 @@ class Recipe:
 _SECTIONS = {"model": ModelSpec, "param": ParamSpec, "data": DataSpec, "train": TrainSpec, "optim": OptimSpec}
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+NAME_MAX = 100  # characters of ``name`` (a folder name under runs/, with room for suffixes)
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is one safe path component (it becomes ``runs/<name>``), else a RecipeError."""
+    bad = ("is empty" if not name.strip() else
+           "is '.' or '..'" if name.strip() in (".", "..") else
+           "contains a path separator" if "/" in name or "\\" in name else
+           "contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+           f"is longer than {NAME_MAX} characters" if len(name) > NAME_MAX else
+           "starts with '-' or '.'" if name[0] in "-." else "")
+    if bad:
+        raise RecipeError(f"recipe key 'name' {bad} ({name[:40]!r}); it names the run folder runs/<name>: use "
+                          "letters, digits, '-' and '_', like name = \"mlp-digits\"")
+    return name
+
+
+def check_strategy(strategy: str, what: str = "recipe key 'train.strategy'") -> str:
+    """``strategy`` if it is auto, vectorized, loop or chunk:N (N >= 1), optionally with +compile (force
+    ``torch.compile``) or +eager (forbid it), else a RecipeError naming ``what``."""
+    st, _, mode = strategy.partition("+")
+    group_ok = st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)
+    if not group_ok or mode not in ("", "auto", "compile", "eager"):
+        raise RecipeError(f"{what} is '{strategy}'; choose auto, vectorized, loop or chunk:N (N >= 1), "
+                          "optionally with +compile or +eager")
+    return strategy
+
+
 def _validate(r: Recipe) -> None:
+    check_name(r.name)
     if not r.model.widths:
-        raise WidthkitError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
+        raise RecipeError("recipe key 'model.widths' is empty; give a list like [16, 64, 256]")
     for w in r.model.widths:
         if w <= 0:
-            raise WidthkitError(f"recipe key 'model.widths' has {w}; widths must be positive integers")
+            raise RecipeError(f"recipe key 'model.widths' has {w}; widths must be positive integers")
     if len(set(r.model.widths)) != len(r.model.widths):
-        raise WidthkitError("recipe key 'model.widths' has repeated widths; list each width once")
+        raise RecipeError("recipe key 'model.widths' has repeated widths; list each width once")
     if not r.train.seeds:
-        raise WidthkitError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
+        raise RecipeError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
     if len(set(r.train.seeds)) != len(r.train.seeds):
-        raise WidthkitError("recipe key 'train.seeds' has repeated seeds; list each seed once")
+        raise RecipeError("recipe key 'train.seeds' has repeated seeds; list each seed once")
     grid.check(r.train.eval_every, "train.eval_every")
     grid.check(r.train.snapshots, "train.snapshots")
     if r.train.epochs <= 0 and r.train.steps <= 0:
-        raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
+        raise RecipeError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
-    st, _, mode = r.train.strategy.partition("+")
-    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)) \
-            or mode not in ("", "auto", "compile", "eager"):
-        raise WidthkitError(f"recipe key 'train.strategy' is '{r.train.strategy}'; choose auto, vectorized, loop or "
-                            "chunk:N, optionally with +compile or +eager")
-    if len(r.optim.betas) != 2:
-        raise WidthkitError("recipe key 'optim.betas' must be two numbers, like [0.9, 0.999]")
+    check_strategy(r.train.strategy)
+    if not _DEVICE.fullmatch(r.train.device):
+        raise RecipeError(f"recipe key 'train.device' is '{r.train.device}'; choose auto, cpu, cuda, cuda:N or mps")
+    if len(r.optim.betas) != 2 or not all(0 <= b < 1 for b in r.optim.betas):
+        raise RecipeError("recipe key 'optim.betas' must be two numbers in [0, 1), like [0.9, 0.999]")
     from .models import model_kwargs  # validates family and its hyper-parameters
     accepted = model_kwargs(r.model.family)
     for key in r.model.kwargs:
         if key not in accepted:
-            raise WidthkitError(f"unknown recipe key 'model.{key}' for family '{r.model.family}'"
+            raise UnknownNameError(f"unknown recipe key 'model.{key}' for family '{r.model.family}'"
                                 f"{did_you_mean(key, accepted)}; valid: {', '.join(sorted(accepted)) or 'none'}")
+
+
+def _check_written(raw: dict) -> None:
+    """Checks on a recipe as written (TOML): it says something, and not both ``steps`` and ``epochs``
+    (a resolved recipe, :meth:`Recipe.to_dict`, has both)."""
+    if not raw:
+        raise RecipeError("the recipe is empty; give at least [model] widths and [data] task "
+                          "(see `widthkit study quickstart` or recipes/quickstart.toml)")
+    train = raw.get("train")
+    if isinstance(train, dict) and "steps" in train and "epochs" in train:
+        raise RecipeError("recipe keys 'train.steps' and 'train.epochs' are both set; keep one of them")
 
 
 def _seeds(value: Any) -> Any:
     """``seeds = 4`` means seeds 0..3; a list is taken as is."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value <= 0:
-            raise WidthkitError(f"recipe key 'train.seeds' is {value}; give a positive count or a list of seeds")
+            raise RecipeError(f"recipe key 'train.seeds' is {value}; give a positive count or a list of seeds")
         return list(range(value))
     return value
 
@@ -192,7 +234,7 @@ def from_dict(raw: dict) -> Recipe:
         if isinstance(raw[key], dict) and not difflib.get_close_matches(key, _SECTIONS, n=1, cutoff=0.8):
             analysis[key] = raw.pop(key)  # an analysis table
         else:
-            raise WidthkitError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
+            raise UnknownNameError(f"unknown recipe section or key '{key}'{did_you_mean(key, known)}; "
                                 f"valid: {', '.join(sorted(known))} and the analysis tables")
     if isinstance(raw.get("train"), dict) and "seeds" in raw["train"]:
         raw["train"]["seeds"] = _seeds(raw["train"]["seeds"])
@@ -206,14 +248,14 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         if "=" not in item:
-            raise WidthkitError(f"--set '{item}' is not of the form section.key=value (e.g. optim.lr=0.1)")
+            raise RecipeError(f"--set '{item}' is not of the form section.key=value (e.g. optim.lr=0.1)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise WidthkitError(f"--set '{key}': '{p}' is not a section")
+                raise RecipeError(f"--set '{key}': '{p}' is not a section")
         node[parts[-1]] = parse_value(text.strip())
     return raw
 
@@ -251,7 +293,7 @@ def expand_grid(raw: dict) -> list[tuple[str, dict]]:
                 swept = key in scalar[sec]
             if swept:
                 if not value:
-                    raise WidthkitError(f"recipe key '{sec}.{key}' is an empty sweep list")
+                    raise RecipeError(f"recipe key '{sec}.{key}' is an empty sweep list")
                 axes.append((sec, key, value))
     if not axes:
         return [("", raw)]
@@ -270,6 +312,8 @@ def _list_kwarg(raw: dict, key: str) -> bool:
     """Family hyper-parameters whose default is a list (e.g. resnet ``layers``) are not sweeps."""
     from .models import model_kwargs
     family = raw.get("model", {}).get("family", ModelSpec.family)
+    if not isinstance(family, str):  # a sweep over families, or a wrong type that from_dict reports
+        return False
     try:
         return isinstance(model_kwargs(family).get(key), (list, tuple))
     except WidthkitError:
@@ -298,7 +342,12 @@ def find_recipe(name_or_path: str | Path) -> Path:
 def read_recipe_file(name_or_path: str | Path) -> tuple[str, dict]:
     """Read a TOML recipe (a path or a shipped name, see :func:`find_recipe`); a missing file or bad TOML is one line."""
     path = find_recipe(name_or_path)
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file '{path}' is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe file '{path}' ({e.strerror}); check its permissions") from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -320,12 +369,15 @@ def as_recipe_dict(recipe, overrides: list[str] | None = None) -> tuple[str, dic
         try:
             text, raw = recipe, tomllib.loads(recipe)
         except tomllib.TOMLDecodeError as e:
-            raise WidthkitError(f"recipe is not valid TOML: {e}") from None
+            raise RecipeError(f"recipe is not valid TOML: {e}") from None
     elif isinstance(recipe, (str, Path)):
         text, raw = read_recipe_file(recipe)
     else:
-        raise WidthkitError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
-    return text, apply_overrides(raw, overrides)
+        raise RecipeError(f"expected a recipe (Recipe, dict, TOML path or TOML text), got {type(recipe).__name__}")
+    raw = apply_overrides(raw, overrides)
+    if text or not raw:
+        _check_written(raw)
+    return text, raw
 
 
 def resolve_recipe(recipe, overrides: list[str] | None = None) -> Recipe:
@@ -335,7 +387,7 @@ def resolve_recipe(recipe, overrides: list[str] | None = None) -> Recipe:
     _, raw = as_recipe_dict(recipe, overrides)
     points = expand_grid(raw)
     if len(points) > 1:
-        raise WidthkitError(f"recipe '{raw.get('name', 'ladder')}' sweeps {len(points)} grid points; this takes "
+        raise RecipeError(f"recipe '{raw.get('name', 'ladder')}' sweeps {len(points)} grid points; this takes "
                             "one: fix the swept field, e.g. overrides=['optim.lr=0.1']")
     return from_dict(points[0][1])
 
@@ -354,5 +406,15 @@ T = typing.TypeVar("T")
 
 
 def section(recipe: Recipe, name: str, cls: type[T], overrides: dict | None = None) -> T:
-    """Validate the free-form analysis table ``[name]`` (updated by ``overrides``) against dataclass ``cls``."""
+    """Validate the free-form analysis table ``[name]`` (updated by ``overrides``) against dataclass ``cls``.
+
+    A bad value in ``overrides`` (keyword options of an API call, or CLI flags) is named as the option
+    (`` `subsets` must be ...``, which the CLI shows as ``--subsets``), not as a recipe key."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for key, value in (overrides or {}).items():
+        if key in hints:
+            try:
+                coerce(value, hints[key], key)
+            except WidthkitError:
+                raise RecipeError(f"`{key}` must be {describe(hints[key])}, got {value!r}") from None
     return build_dataclass(cls, {**recipe.analysis.get(name, {}), **(overrides or {})}, name)

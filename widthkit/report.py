@@ -4,7 +4,9 @@
 per-width results) and, for every registered analysis, the result it saved in its folder of each grid
 point, loaded as its typed result (``Result.load``) and rendered through the analysis's own ``blocks``
 (the same tables and readings the terminal shows) -- and writes one HTML file: every plot inlined once as
-a base64 PNG with its one-line reading, no external resources (readable offline, printable).
+a base64 PNG with its one-line reading, no external resources (readable offline, printable).  Only the
+figures the analyses' blocks list are inlined, and only PNG files inside the run directory (see
+``_Html.check_figures``), so a planted symbolic link cannot mail out other files.
 Interactive atlas viewers are linked relatively, not inlined.  Warnings list diverged members, unfinished
 widths, unreadable or old-schema results, and the analyses that failed in the last ``widthkit study``.
 """
@@ -17,6 +19,7 @@ import html
 import json
 import os
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,9 @@ from .plots import figure, save, width_colors
 from .results import ResultFileError
 from .store import open_run, point_folder
 from .table import ladder_rows
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def analysis_blocks(view) -> tuple[list[Block], list[str]]:
@@ -69,7 +75,8 @@ def _training_figure(view, rows) -> tuple[bytes, str]:
             axes[0][1].plot(s, acc, "o-", ms=2, color=colors[w])
     axes[0][0].set_yscale("log")
     axes[0][0].set(xlabel="step", ylabel=f"test loss ({view.loss_name})", title="mean over members")
-    axes[0][0].legend(fontsize=7)
+    if curves:
+        axes[0][0].legend(fontsize=7)
     if has_acc:
         axes[0][1].set(xlabel="step", ylabel="test accuracy")
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +108,8 @@ def run_warnings(view, index: dict | None = None) -> list[str]:
         except WidthkitError:
             continue  # an unreadable shard: the results block says so
         if div.any():
-            out.append(f"width {w}: {int(div.sum())} of {len(div)} members diverged (NaN/inf loss); "
+            why = ", ".join(sorted({r for r in view.diverged_reason(w) if r})) or "NaN/inf loss"
+            out.append(f"width {w}: {int(div.sum())} of {len(div)} members diverged ({why}); "
                        "analyses leave them out")
     return out
 
@@ -112,10 +120,15 @@ def _results_block(view, job_seconds: dict, suffix: str) -> tuple[Block, list[st
     if not view.widths:
         b.lines.append("no width has finished training yet")
         return b, warnings
-    try:
-        rows = ladder_rows(view)
-    except WidthkitError as e:
-        return b, [f"cannot read the results: {e}"]
+    for w in view.widths:
+        try:
+            view.diverged(w)
+        except WidthkitError as e:
+            warnings.append(f"width {w} is left out of the results: {e}")
+    rows = ladder_rows(view)  # the readable widths
+    if not rows:
+        b.lines.append("no finished width can be read")
+        return b, warnings
     b.tables.append(Table("Final test metrics over seeds (diverged members left out)",
                           ["width", "params", "test loss (mean ± sd)", "test acc (mean ± sd)", "diverged",
                            "train time (s)", "strategy"],
@@ -180,14 +193,42 @@ ul.warn li{color:var(--warn)} .ok{color:#1a7f37}
 class _Html:
     """Accumulates the page; inlines each distinct PNG once."""
 
-    def __init__(self, out: Path):
-        self.out, self.parts, self.seen = out, [], set()
+    def __init__(self, out: Path, root: Path):
+        self.out, self.root, self.parts, self.seen = out, Path(root).resolve(), [], set()
+        self.pngs: dict[str, bytes] = {}   # path -> verified bytes (see check_figures)
+        self.warnings: list[str] = []
 
     def add(self, s: str) -> None:
         self.parts.append(s)
 
     def href(self, path: Path) -> str:
-        return html.escape(os.path.relpath(Path(path).resolve(), self.out.parent.resolve()).replace(os.sep, "/"))
+        """A relative link: a path, URL-quoted (no scheme can sneak in) and HTML-escaped."""
+        rel = os.path.relpath(Path(path).resolve(), self.out.parent.resolve()).replace(os.sep, "/")
+        return html.escape(urllib.parse.quote(rel))
+
+    def check_figures(self, blocks: list[Block]) -> None:
+        """Read every figure file the analyses listed, keeping only PNGs inside the run directory.
+
+        A path that leaves the run directory (also through a symbolic link), is not a regular file, or
+        does not start with the PNG signature is left out with a warning, so nothing else is mailed out.
+        """
+        for b in blocks:
+            for f in b.figures:
+                if isinstance(f.path, bytes) or str(f.path) in self.pngs:
+                    continue
+                path = Path(f.path)
+                if not path.exists() and not path.is_symlink():
+                    continue
+                real = path.resolve()
+                why = ("lies outside the run directory" if not real.is_relative_to(self.root) else
+                       "is not a regular file" if not real.is_file() else "")
+                data = b"" if why else real.read_bytes()
+                if not why and not data.startswith(PNG_SIGNATURE):
+                    why = "is not a PNG image"
+                if why:
+                    self.warnings.append(f"figure '{path}' {why}; left out of the report")
+                else:
+                    self.pngs[str(f.path)] = data
 
     def cell(self, c) -> str:
         if hasattr(c, "path"):  # a Link
@@ -201,7 +242,7 @@ class _Html:
                  f"</thead><tbody>{body}</tbody></table></div>")
 
     def figure(self, png, reading: str, atlas: bool = False) -> None:
-        data = png if isinstance(png, bytes) else Path(png).read_bytes()
+        data = png if isinstance(png, bytes) else self.pngs[str(png)]
         digest = hashlib.sha1(data).hexdigest()
         if digest in self.seen:
             return
@@ -226,7 +267,7 @@ class _Html:
                      + "</p>")
         self.add('<div class="figs">')
         for f in b.figures:
-            if isinstance(f.path, bytes) or Path(f.path).exists():
+            if isinstance(f.path, bytes) or str(f.path) in self.pngs:
                 self.figure(f.path, f.reading, atlas=not isinstance(f.path, bytes) and Path(f.path).name == "atlas.png")
         self.add("</div>")
         if b.notes:
@@ -257,7 +298,7 @@ def write_report(run, out: str | Path | None = None) -> Path:
     index, views = run.index, [run.select(i) for i in range(len(run.points))]
     multi = len(run.points) > 1
     study, warnings = _study_record(Path(run.path))
-    page = _Html(out)
+    page = _Html(out, run.path)
     sections, headlines = [], []
     for i, v in enumerate(views):
         suffix = f"-p{run.points.index(v.point_key):02d}" if multi else ""
@@ -278,6 +319,8 @@ def write_report(run, out: str | Path | None = None) -> Path:
         headlines += [tag + x for x in res.lines[:1]] + [tag + b.lines[0] for b in blocks if b.lines]
     for a in study.failed if study else []:
         warnings.append(f"{a.name}{f' [{a.point}]' if a.point else ''} failed in the last study: {a.message}")
+    page.check_figures([b for _, blocks in sections for b in blocks])
+    warnings += page.warnings
 
     r = views[0].recipe
     title = f"widthkit study: {index.get('name', r.name)}"

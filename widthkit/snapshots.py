@@ -54,9 +54,9 @@ def write(f: h5py.File, steps: list[int], snaps: list[dict[str, torch.Tensor]], 
         return
     g = f.create_group(GROUP)
     g.attrs["dtype"] = dtype
-    g["step"] = np.asarray(steps, np.int64)
+    g.create_dataset("step", data=np.asarray(steps, np.int64), fletcher32=True)  # checksummed like the shard
     for k in snaps[0]:
-        g[k] = np.stack([_numpy(s[k]) for s in snaps], axis=1)
+        g.create_dataset(k, data=np.stack([_numpy(s[k]) for s in snaps], axis=1), fletcher32=True)
 
 
 def stored_steps(f: h5py.File) -> list[int]:

@@ -14,7 +14,8 @@ Shard layout (HDF5)::
 
     attrs: format="widthkit-shard", format_version, fingerprint, job, point, point_key,
            width, seeds (JSON), strategy (JSON), recipe (JSON), versions (JSON),
-           param_table (JSON), seconds, created
+           param_table (JSON), seconds, created, diverged_reason (JSON),
+           attrs_sha256 (of the others); every dataset has a fletcher32 checksum
     metrics/{step, lr}                  [T]
     metrics/{train_loss, train_acc, test_loss, test_acc}   [E, T]
     logits/step [S], logits/values [E, S, N, K]   test outputs at every evaluation
@@ -26,12 +27,15 @@ Shard layout (HDF5)::
 
 ``open_run(path)`` returns a :class:`Run` (the directory); ``run.select(point)`` a
 :class:`RunPoint` (one grid point, what analyses read).  A foreign or corrupt file raises
-a one-line :class:`WidthkitError` that names it and the fix.
+a one-line :class:`RunStoreError` that names it and the fix: a shard must be the job the index
+and its file name say (:func:`check_identity`), and a checksum that fails on read is corruption.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
+import hashlib
 import json
 import platform
 from dataclasses import dataclass
@@ -47,7 +51,7 @@ from . import __version__, snapshots
 from .atomic import atomic_path, atomic_write_text
 from .build import build_architecture, load_recipe_task
 from .data import Task
-from .errors import WidthkitError, unknown
+from .errors import RunStoreError, WidthkitError, unknown
 from .progress import warn
 from .recipe import Recipe, from_dict
 
@@ -73,9 +77,22 @@ def job_id(point: int, width: int, seeds: list[int]) -> str:
 
 
 # ------------------------------------------------------------------- shards
+def _attrs_digest(f: h5py.File) -> str:
+    """SHA-256 of a shard's attributes (all but this one): HDF5 checksums datasets, not attributes."""
+    items = sorted((k, str(v)) for k, v in f.attrs.items() if k != "attrs_sha256")
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
 def write_shard(path: Path, *, job: str, point: int, point_key: str, recipe: Recipe, width: int,
                 results, strategy: dict, param_table, targets: np.ndarray, seconds: float) -> None:
-    """Write one job's results as an HDF5 shard, atomically."""
+    """Write one job's results as an HDF5 shard, atomically.
+
+    Every dataset carries HDF5's fletcher32 checksum and the attributes a SHA-256 (``attrs_sha256``), so
+    bytes changed in place fail on read instead of giving wrong numbers.
+    """
+    def put(group, name, data, **kw):
+        group.create_dataset(name, data=data, fletcher32=True, **kw)
+
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
@@ -85,29 +102,30 @@ def write_shard(path: Path, *, job: str, point: int, point_key: str, recipe: Rec
             a["strategy"], a["recipe"] = json.dumps(strategy), recipe.to_json()
             a["versions"], a["param_table"] = json.dumps(versions()), param_table.to_json(indent=None)
             a["seconds"], a["created"] = seconds, now()
+            a["diverged_reason"] = json.dumps(results.diverged_reason)
             m = f.create_group("metrics")
-            m["step"] = np.asarray(results.steps, np.int64)
-            m["lr"] = np.asarray(results.lr, np.float64)
+            put(m, "step", np.asarray(results.steps, np.int64))
+            put(m, "lr", np.asarray(results.lr, np.float64))
             for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
-                m[name] = np.stack(getattr(results, name), axis=1).astype(np.float64)
+                put(m, name, np.stack(getattr(results, name), axis=1).astype(np.float64))
             lg = f.create_group("logits")
-            lg["step"] = np.asarray(results.steps, np.int64)
-            lg.create_dataset("values", data=np.stack(results.logits, axis=1), compression="gzip",
-                              compression_opts=1, shuffle=True)
-            f["targets"] = targets
+            put(lg, "step", np.asarray(results.steps, np.int64))
+            put(lg, "values", np.stack(results.logits, axis=1), compression="gzip", compression_opts=1, shuffle=True)
+            put(f, "targets", targets)
             mem = f.create_group("members")
-            mem["seed"] = np.asarray(results.seeds, np.int64)
-            mem["diverged_step"] = np.asarray(results.diverged_step, np.int64)
-            mem["diverged"] = np.asarray(results.diverged_step) >= 0
+            put(mem, "seed", np.asarray(results.seeds, np.int64))
+            put(mem, "diverged_step", np.asarray(results.diverged_step, np.int64))
+            put(mem, "diverged", np.asarray(results.diverged_step) >= 0)
             st = f.create_group("state")
             for k, v in results.state.items():
-                st[k] = v
+                put(st, k, v)
             snapshots.write(f, results.snapshot_steps, results.snapshots, recipe.train.snapshot_dtype)
+            a["attrs_sha256"] = _attrs_digest(f)
 
 
-def different_recipe(path: Path, theirs, fingerprint: str) -> WidthkitError:
+def different_recipe(path: Path, theirs, fingerprint: str) -> RunStoreError:
     """The error for a shard written by another recipe: results are never mixed."""
-    return WidthkitError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != {fingerprint}); "
+    return RunStoreError(f"shard '{path}' comes from a different recipe (fingerprint {theirs} != {fingerprint}); "
                          "refusing to mix runs: use a fresh --out directory")
 
 
@@ -127,13 +145,13 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
-        raise WidthkitError(f"shard '{path}' is missing; {fix}") from None
+        raise RunStoreError(f"shard '{path}' is missing; {fix}") from None
     except OSError as e:
-        raise WidthkitError(f"shard '{path}' is corrupt or truncated ({str(e).split('(')[0].strip()}); {fix}") \
+        raise RunStoreError(f"shard '{path}' is corrupt or truncated ({str(e).split('(')[0].strip()}); {fix}") \
             from None
     if f.attrs.get("format") != SHARD_FORMAT:
         f.close()
-        raise WidthkitError(f"'{path}' is not a widthkit shard; remove it or point to a widthkit run directory")
+        raise RunStoreError(f"'{path}' is not a widthkit shard; remove it or point to a widthkit run directory")
     theirs = f.attrs.get("fingerprint")
     if fingerprint is not None and theirs != fingerprint:
         f.close()
@@ -144,39 +162,120 @@ def _open_shard(path: Path, fingerprint: str | None = None) -> h5py.File:
         f["logits/values"][-1:]  # touch the last chunk: truncation shows here
     except (KeyError, OSError) as e:
         f.close()
-        raise WidthkitError(f"shard '{path}' is incomplete or corrupt ({e}); {fix}") from None
+        raise RunStoreError(f"shard '{path}' is incomplete or corrupt ({e}); {fix}") from None
     return f
 
 
-def shard_ok(path: Path, fingerprint: str) -> bool:
-    """Whether ``path`` is a complete shard of the recipe with ``fingerprint``."""
+def check_identity(f: h5py.File, path: Path, expect: dict | None) -> None:
+    """Raise :class:`RunStoreError` unless the open shard ``f`` is intact and is the job ``expect``.
+
+    ``expect`` is the job's index record (``point``, ``width``, ``seeds``; its name gives the job id),
+    or None to check the attributes' checksum and the member axis only.  A shard copied under another
+    job's name (a width-16 shard as width 64) or with edited attributes is refused, never read as another job.
+    """
+    fix = "rerun the same `widthkit train ... --resume` to recompute it"
+    stored = f.attrs.get("attrs_sha256")
+    if stored is not None and stored != _attrs_digest(f):
+        raise RunStoreError(f"shard '{path}' has corrupt attributes (checksum mismatch); {fix}")
     try:
-        _open_shard(path, fingerprint).close()
-        return True
-    except WidthkitError:
-        return False
+        seeds = json.loads(f.attrs["seeds"])
+        have = {"job": str(f.attrs["job"]), "point": int(f.attrs["point"]), "width": int(f.attrs["width"]),
+                "seeds": seeds}
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunStoreError(f"shard '{path}' has unreadable attributes ({e}); {fix}") from None
+    n = len(seeds)
+    shapes = {"members/seed": f["members/seed"].shape[:1], "members/diverged": f["members/diverged"].shape[:1],
+              "metrics/test_loss": f["metrics/test_loss"].shape[:1], "logits/values": f["logits/values"].shape[:1]}
+    bad = [k for k, v in shapes.items() if v != (n,)]
+    if bad:
+        raise RunStoreError(f"shard '{path}' is inconsistent ({bad[0]} does not have its {n} members); {fix}")
+    if expect is None:
+        return
+    want = {"job": Path(path).stem, "point": int(expect["point"]), "width": int(expect["width"]),
+            "seeds": list(expect["seeds"])}
+    diff = [f"{k} {have[k]} (expected {want[k]})" for k in want if have[k] != want[k]]
+    if diff:
+        raise RunStoreError(f"shard '{path}' is not the shard of its job: it holds {', '.join(diff)}; {fix}")
+
+
+def _read_all(f: h5py.File) -> None:
+    """Read every dataset of ``f`` (each chunk's fletcher32 checksum is verified on read)."""
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+    f.visititems(visit)
+
+
+def shard_problem(path: Path, fingerprint: str, expect: dict) -> str | None:
+    """None if ``path`` is the complete, intact shard of job ``expect`` of the recipe ``fingerprint``,
+    else a clause saying what is wrong with it (every dataset is read, so checksums are verified)."""
+    try:
+        with _open_shard(path, fingerprint) as f:
+            check_identity(f, path, expect)
+            _read_all(f)
+    except WidthkitError as e:
+        return str(e).split("; ")[0]
+    except OSError as e:  # a checksum or decompression error in a dataset
+        return f"shard '{path}' is corrupt ({str(e).split('(')[0].strip()})"
+    return None
 
 
 # -------------------------------------------------------------------- index
+class DamagedIndexError(RunStoreError):
+    """``index.json`` is unreadable or malformed; ``train_ladder(..., resume=True)`` rebuilds it from the shards."""
+
+
 def read_index(run_dir: Path) -> dict:
     path = Path(run_dir) / "index.json"
     if not Path(run_dir).exists():
-        raise WidthkitError(f"run directory '{run_dir}' does not exist; train one with "
+        raise RunStoreError(f"run directory '{run_dir}' does not exist; train one with "
                             "`widthkit train RECIPE --out DIR` or pass the right path")
     if not path.is_file():
-        raise WidthkitError(f"'{run_dir}' is not a widthkit run (no index.json); pass the --out directory "
+        raise RunStoreError(f"'{run_dir}' is not a widthkit run (no index.json); pass the --out directory "
                             "of `widthkit train`")
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WidthkitError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
+        raise DamagedIndexError(f"'{path}' is corrupt ({e.__class__.__name__}); rerun `widthkit train RECIPE "
                             f"--out {run_dir} --resume` to rebuild it from the shards") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise WidthkitError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
-    if index.get("format_version", 0) > FORMAT_VERSION:
-        raise WidthkitError(f"run '{run_dir}' was written by a newer widthkit (format "
+        raise RunStoreError(f"'{path}' is not a widthkit run index; pass the --out directory of `widthkit train`")
+    if not isinstance(index.get("format_version", 0), int) or index.get("format_version", 0) > FORMAT_VERSION:
+        raise RunStoreError(f"run '{run_dir}' was written by a newer widthkit (format "
                             f"{index['format_version']}); upgrade widthkit to read it")
+    problem = _index_problem(index)
+    if problem:
+        raise DamagedIndexError(f"'{path}' is damaged ({problem}); rerun `widthkit train RECIPE --out {run_dir} "
+                            "--resume` to rebuild it from the shards")
     return index
+
+
+_INDEX_FIELDS = {"points": {"key": str, "recipe": dict, "fingerprint": str},
+                 "jobs": {"point": int, "width": int, "seeds": list, "shard": str, "status": str}}
+
+
+def _index_problem(index: dict) -> str:
+    """What is wrong with the shape of a run index ('' if nothing): points a list, jobs a mapping, each entry
+    with its fields of the right types, jobs pointing at existing points and at files under ``shards/``."""
+    points, jobs = index.get("points"), index.get("jobs")
+    if not isinstance(points, list) or not points:
+        return "'points' is not a non-empty list"
+    if not isinstance(jobs, dict):
+        return "'jobs' is not a mapping"
+    for where, entries in (("points", enumerate(points)), ("jobs", jobs.items())):
+        for k, e in entries:
+            if not isinstance(e, dict):
+                return f"{where}[{k!r}] is not a mapping"
+            for field_, tp in _INDEX_FIELDS[where].items():
+                if not isinstance(e.get(field_), tp) or isinstance(e.get(field_), bool):
+                    return f"{where}[{k!r}].{field_} is missing or not {tp.__name__}"
+    for k, j in jobs.items():
+        if not 0 <= j["point"] < len(points):
+            return f"jobs[{k!r}].point {j['point']} is not a grid point"
+        parts = Path(j["shard"]).parts
+        if parts[:1] != ("shards",) or ".." in parts:  # also refuses absolute paths
+            return f"jobs[{k!r}].shard '{j['shard']}' is not a file under shards/"
+    return ""
 
 
 def write_index(run_dir: Path, index: dict) -> None:
@@ -219,21 +318,37 @@ class _Width:
     targets: np.ndarray
     strategy: str                   # JSON of the first shard
     param_table: str                # JSON of the first shard
+    diverged_reason: list[str]      # per member: "" (did not diverge), "nan", "loss-bound" or "chance"
     logits: np.ndarray | None = None  # [E, S, N, K]
 
 
-def _read_width(shards: list[Path], stamps: list[tuple[int, int, int]], fingerprint: str) -> _Width:
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Turn a failed read of a shard's data (a fletcher32 checksum, a damaged chunk) into a RunStoreError."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, WidthkitError):
+            raise
+        raise RunStoreError(f"shard '{path}' is corrupt ({str(e).split('(')[0].strip()}); rerun the same "
+                            "`widthkit train ... --resume` to recompute it") from None
+
+
+def _read_width(shards: list[Path], stamps: list[tuple[int, int, int]], fingerprint: str,
+                records: list[dict]) -> _Width:
     parts = []
-    for path in shards:
-        with _open_shard(path, fingerprint) as f:
+    for path, rec in zip(shards, records):
+        with _reading(path), _open_shard(path, fingerprint) as f:
+            check_identity(f, path, rec)
             parts.append(({k: f["metrics"][k][()] for k in f["metrics"]}, f["logits/step"][()],
-                          f["members/diverged"][()], f["targets"][()], f.attrs["strategy"], f.attrs["param_table"]))
-    m0, steps, _, targets, strategy, table = parts[0]
+                          f["members/diverged"][()], f["targets"][()], f.attrs["strategy"], f.attrs["param_table"],
+                          json.loads(f.attrs.get("diverged_reason", "null")) or [""] * len(rec["seeds"])))
+    m0, steps, _, targets, strategy, table, _ = parts[0]
     metrics = {k: _frozen(m0[k]) for k in ("step", "lr")}
     for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
         metrics[k] = _frozen(np.concatenate([p[0][k] for p in parts]))
     return _Width(shards, stamps, metrics, _frozen(steps), _frozen(np.concatenate([p[2] for p in parts])),
-                  _frozen(targets), str(strategy), str(table))
+                  _frozen(targets), str(strategy), str(table), [r for p in parts for r in p[6]])
 
 
 class RunPoint:
@@ -295,22 +410,27 @@ class RunPoint:
         return [_Job(k, j["width"], j["seeds"], self.path / j["shard"], j["status"] == "done")
                 for k, j in self.index["jobs"].items() if j["point"] == self._point]
 
+    def _record(self, job: _Job) -> dict:
+        return self.index["jobs"][job.id]
+
     def _width_jobs(self, width: int) -> list[_Job]:
         jobs = sorted((j for j in self._jobs if j.width == width), key=lambda j: j.seeds[0])
         if not jobs:
             raise WidthkitError(f"width {width} is not in run '{self.path}'; widths: {self.all_widths}")
         if not all(j.done for j in jobs):
-            raise WidthkitError(f"width {width} of run '{self.path}' is not finished; "
+            raise RunStoreError(f"width {width} of run '{self.path}' is not finished; "
                                 "finish it with `widthkit train RECIPE --out RUN --resume`")
         return jobs
 
     def _width(self, width: int) -> _Width:
         """The cached shards of ``width``, read again if a shard changed on disk."""
-        shards = [j.shard for j in self._width_jobs(width)]
+        jobs = self._width_jobs(width)
+        shards = [j.shard for j in jobs]
         stamps = [_stamp(p) for p in shards]
         cached = self._cache.get(width)
         if cached is None or cached.stamps != stamps:
-            cached = self._cache[width] = _read_width(shards, stamps, self._entry["fingerprint"])
+            cached = self._cache[width] = _read_width(shards, stamps, self._entry["fingerprint"],
+                                                      [self._record(j) for j in jobs])
         return cached
 
     @property
@@ -359,19 +479,29 @@ class RunPoint:
         if d.logits is None:
             parts = []
             for path in d.shards:
-                with h5py.File(path, "r") as f:
+                with _reading(path), h5py.File(path, "r") as f:
                     parts.append(f["logits/values"][()])
             d.logits = _frozen(np.concatenate(parts))
         return d.logits
 
     def diverged(self, width: int) -> np.ndarray:
+        """[E] bool: members that diverged (NaN/inf loss, loss above the bound, or stuck at chance)."""
         return self._width(width).diverged
+
+    def diverged_reason(self, width: int) -> list[str]:
+        """Per member: why it is marked diverged ("nan", "loss-bound", "chance"), or "" if it is not."""
+        return list(self._width(width).diverged_reason)
 
     def targets(self) -> np.ndarray:
         if not self.widths:
             raise WidthkitError(f"run '{self.path}' has no finished width yet; finish it with `widthkit train "
                                 "RECIPE --out RUN --resume`")
-        return self._width(self.widths[0]).targets
+        for w in self.widths[:-1]:  # the first readable width (the same targets in every shard)
+            try:
+                return self._width(w).targets
+            except RunStoreError:
+                continue
+        return self._width(self.widths[-1]).targets
 
     def strategy(self, width: int) -> dict:
         return json.loads(self._width(width).strategy)
@@ -401,7 +531,7 @@ class RunPoint:
         for j, path in zip(self._width_jobs(width), d.shards):
             if seed in j.seeds:
                 i = j.seeds.index(seed)
-                with h5py.File(path, "r") as f:
+                with _reading(path), h5py.File(path, "r") as f:
                     if step is not None and step in snapshots.stored_steps(f):
                         return snapshots.read(f, i, step)
                     return {k: torch.from_numpy(np.asarray(f["state"][k][i])) for k in f["state"]}
@@ -489,13 +619,26 @@ for _name in sorted(n for n in vars(RunPoint) if not n.startswith("_") and n not
 
 
 def analysable_widths(run) -> list[int]:
-    """A run's finished widths, for an analysis: warns naming unfinished ones, fails if none is finished."""
+    """A run's finished widths that can be read, for an analysis, with a warning naming each one left out
+    (unfinished widths, widths with an unreadable shard).  Fails if no width is left.  Diverged members
+    (a fully diverged width too) are left to the analysis, which records them as skipped."""
     unfinished = sorted(int(w) for w in (run.unfinished or []))
     if unfinished:
         warn(f"skipping unfinished widths {unfinished}; finish them with 'widthkit train --resume'")
     if not run.widths:
-        raise WidthkitError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
-    return sorted(int(w) for w in run.widths)
+        raise RunStoreError("the run has no finished width; train it first with 'widthkit train RECIPE --out RUN'")
+    keep = []
+    for w in sorted(int(w) for w in run.widths):
+        try:
+            run.diverged(w)
+        except RunStoreError as e:
+            warn(f"skipping width {w}: {e}")
+            continue
+        keep.append(w)
+    if not keep:
+        raise RunStoreError("no finished width of the run can be read; recompute its shards with "
+                            "'widthkit train RECIPE --out RUN --resume'")
+    return keep
 
 
 def open_run(path: str | Path) -> Run:

@@ -8,8 +8,8 @@ the same folders its own command uses, so ``widthkit report`` finds both.  Analy
 them; ``[study] skip`` leaves any out.
 
 An analysis whose inputs (shards, its recipe table) are unchanged since the last study is kept, not
-recomputed.  A user error in one analysis (a :class:`WidthkitError`) is recorded as a one-line warning
-and the study goes on.  The :class:`StudyResult` is saved as ``RUN/study.json``, the report as
+recomputed.  A failure in one analysis (a :class:`WidthkitError`, or any unexpected exception) is
+recorded as a one-line warning naming its cause, and the study goes on: the report is always written.  The :class:`StudyResult` is saved as ``RUN/study.json``, the report as
 ``RUN/report.html``.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .ladder import train_ladder
 from .progress import info, is_quiet, quiet as quiet_mode, warn
 from .recipe import Recipe, as_recipe_dict, expand_grid, from_dict, section
 from .report import run_warnings, write_report
+from .rundir import claim_run_dir, run_lock
 from .results import Result, ResultFileError
 from .store import point_folder
 
@@ -138,6 +139,15 @@ def _rel(path: Path, run_dir: Path) -> str:
         return str(path)
 
 
+def _cause(e: BaseException) -> str:
+    """One line for an unexpected exception: its type, its message's first line, and where it came from."""
+    import traceback
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}{where}: {first} (a bug: please report it)"
+
+
 def _analyse(name: str, subject: Subject, key_point: str, run_dir: Path, key: str,
              prev: AnalysisRecord | None, redo: bool) -> AnalysisRecord:
     a = get_analysis(name)
@@ -151,9 +161,9 @@ def _analyse(name: str, subject: Subject, key_point: str, run_dir: Path, key: st
     t0 = time.perf_counter()
     try:
         res, files = a.run(subject, a.options(subject.recipe))
-    except WidthkitError as e:
-        rec.status, rec.message = "failed", str(e)
-        warn(f"{name} failed: {e}")
+    except Exception as e:  # noqa: BLE001 - one analysis never costs the others or the report
+        rec.status, rec.message = "failed", str(e) if isinstance(e, WidthkitError) else _cause(e)
+        warn(f"{name} failed: {rec.message}")
     else:
         rec.files = sorted({_rel(f, run_dir) for f in files})
         blocks = a.blocks(res, subject.out)
@@ -171,57 +181,59 @@ def study(recipe, out, *, overrides: list[str] | None = None, resume: bool = Tru
     progress bars, info lines or summary table (warnings still show).  ``redo``: recompute analyses even
     when their inputs are unchanged.
     """
+    out = claim_run_dir(out)
     with quiet_mode(quiet or is_quiet()):
-        return _study(recipe, Path(out), overrides, resume, executor, redo, quiet)
+        return _study(recipe, out, overrides, resume, executor, redo, quiet)
 
 
 def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> StudyResult:
     _, raw = as_recipe_dict(recipe, overrides)
     points = [(key, from_dict(praw)) for key, praw in expand_grid(raw)]
     plans = [plan(rp) for _, rp in points]  # validate [study] and the analysis tables before the (long) training
-    r0 = points[0][1]
-    seconds = {}
-    before = _stamps(out)
-    info(f"study '{r0.name}': {r0.model.family} widths {r0.model.widths} x {len(r0.train.seeds)} seeds"
-         f"{f' x {len(points)} grid points' if len(points) > 1 else ''} into {out}")
-    t0 = time.perf_counter()
-    run = train_ladder(recipe, out, overrides=overrides, resume=resume, executor=executor)
-    seconds["train"] = round(time.perf_counter() - t0, 2)
-    after = _stamps(out)
-    trained = sum(1 for k, v in after.items() if before.get(k) != v)
-    prev = _previous(out)
-    records, warnings = [], []
-    views = [run.select(i) for i in range(len(run.points))]
-    for i, ((key, rp), view, todo) in enumerate(zip(points, views, plans)):
-        warnings += [(f"[{key}] " if key else "") + w for w in run_warnings(view)]
-        root = point_folder(view)
-        for name, why in todo:
-            a = get_analysis(name)
-            subject = Subject(rp, view if a.needs == "run" else None, root / a.folder)
-            if why:
-                records.append(AnalysisRecord(name, key, "skipped", 0.0, _rel(subject.out, out), message=why))
-                continue
+    with run_lock(out):  # the ladder, the analyses and the report: one driver at a time
+        r0 = points[0][1]
+        seconds = {}
+        before = _stamps(out)
+        info(f"study '{r0.name}': {r0.model.family} widths {r0.model.widths} x {len(r0.train.seeds)} seeds"
+             f"{f' x {len(points)} grid points' if len(points) > 1 else ''} into {out}")
+        t0 = time.perf_counter()
+        run = train_ladder(recipe, out, overrides=overrides, resume=resume, executor=executor)
+        seconds["train"] = round(time.perf_counter() - t0, 2)
+        after = _stamps(out)
+        trained = sum(1 for k, v in after.items() if before.get(k) != v)
+        prev = _previous(out)
+        records, warnings = [], []
+        views = [run.select(i) for i in range(len(run.points))]
+        for i, ((key, rp), view, todo) in enumerate(zip(points, views, plans)):
+            warnings += [(f"[{key}] " if key else "") + w for w in run_warnings(view)]
+            root = point_folder(view)
+            for name, why in todo:
+                a = get_analysis(name)
+                subject = Subject(rp, view if a.needs == "run" else None, root / a.folder)
+                if why:
+                    records.append(AnalysisRecord(name, key, "skipped", 0.0, _rel(subject.out, out), message=why))
+                    continue
+                t1 = time.perf_counter()
+                rec = _analyse(name, subject, key, out, _key(name, rp, i, after, view.widths), prev.get((name, key)),
+                               redo)
+                seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t1, 2)
+                if rec.status == "failed":
+                    warnings.append(f"{name}{f' [{key}]' if key else ''} failed: {rec.message}")
+                records.append(rec)
+        res = StudyResult(str(out), r0.name, [k for k, _ in points], list(views[0].all_widths),
+                          sorted({w for v in views for w in v.unfinished}), list(r0.train.seeds),
+                          len(run.index["jobs"]), trained, seconds, records, warnings)
+        res.save(out / "study.json")  # the report reads failed analyses from it
+        if section(r0, "study", StudyOptions).report:
+            info(f"writing the report {out / 'report.html'}")
             t1 = time.perf_counter()
-            rec = _analyse(name, subject, key, out, _key(name, rp, i, after, view.widths), prev.get((name, key)),
-                           redo)
-            seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t1, 2)
-            if rec.status == "failed":
-                warnings.append(f"{name}{f' [{key}]' if key else ''} failed: {rec.message}")
-            records.append(rec)
-    res = StudyResult(str(out), r0.name, [k for k, _ in points], list(views[0].all_widths),
-                      sorted({w for v in views for w in v.unfinished}), list(r0.train.seeds),
-                      len(run.index["jobs"]), trained, seconds, records, warnings)
-    res.save(out / "study.json")  # the report reads failed analyses from it
-    if section(r0, "study", StudyOptions).report:
-        info(f"writing the report {out / 'report.html'}")
-        t1 = time.perf_counter()
-        res.report = str(write_report(run))
-        seconds["report"] = round(time.perf_counter() - t1, 2)
-    seconds["total"] = round(sum(seconds.values()), 2)
-    res.save(out / "study.json")
-    if not quiet:
-        print_summary(res, views)
-    return res
+            res.report = str(write_report(run))
+            seconds["report"] = round(time.perf_counter() - t1, 2)
+        seconds["total"] = round(sum(seconds.values()), 2)
+        res.save(out / "study.json")
+        if not quiet:
+            print_summary(res, views)
+        return res
 
 
 def print_summary(res: StudyResult, views) -> None:

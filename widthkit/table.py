@@ -8,6 +8,7 @@ from rich.table import Table as RichTable
 
 from . import fmt
 from .build import count_params
+from .errors import RunStoreError
 
 
 def console() -> Console:
@@ -42,10 +43,15 @@ def print_blocks(blocks, point: str = "") -> None:
 
 
 def ladder_rows(view) -> list[dict]:
-    """One summary row per finished width of a point view: params, final test loss and accuracy over seeds."""
+    """One summary row per finished width of a point view: params, final test loss and accuracy over seeds.
+
+    A width whose shards cannot be read is left out (the report and ``run_warnings`` name it)."""
     rows = []
     for w in view.widths:
-        m = view.metrics(w)
+        try:
+            m = view.metrics(w)
+        except RunStoreError:
+            continue
         div = view.diverged(w)
         rows.append({"width": w, "params": count_params(view.param_table(w)),
                      "test_loss": m["test_loss"][~div, -1], "test_acc": m["test_acc"][~div, -1],

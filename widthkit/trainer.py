@@ -13,7 +13,10 @@ do not depend on the grouping, and a resumed job continues exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +26,13 @@ import torch
 from torch import nn
 
 from . import compiled, grid, snapshots
-from .atomic import atomic_path
+from .atomic import atomic_write_bytes
 from .data import Task
 from .data.prefetch import Prefetch
 from .engine import Ensemble, lr_at, member_losses
-from .errors import WidthkitError
+from .errors import RecipeError
 from .param import ParamTable
-from .progress import bar, info
+from .progress import bar, info, warn
 from .recipe import Recipe
 from .seeds import derive_seed
 
@@ -39,7 +42,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WidthkitError(f"train.device is '{name}' but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
+        raise RecipeError(f"recipe key 'train.device' is '{name}' but no CUDA GPU is available; use device = "
+                          "\"auto\" or \"cpu\"")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RecipeError("recipe key 'train.device' is 'mps' but this machine has no MPS; use device = \"auto\"")
     return dev
 
 
@@ -56,6 +62,55 @@ def batch_size(recipe: Recipe, task: Task) -> int:
 
 def steps_per_epoch(recipe: Recipe, task: Task) -> int:
     return max(1, len(task.x_train) // batch_size(recipe, task))
+
+
+def check_recipe_task(recipe: Recipe, task: Task) -> None:
+    """Recipe values that only make sense against the task, checked before any job starts.
+
+    A one-class task and a warmup longer than training are RecipeErrors; a batch size above the training
+    set is clamped (said here, and recorded as the job record's ``batch_size``).
+    """
+    if task.y_train.dtype == torch.int64 and task.num_classes < 2:
+        raise RecipeError(f"task '{recipe.data.task}' has {task.num_classes} class; classification needs at least "
+                          "two: choose more classes in recipe key 'data.task'")
+    total = total_steps(recipe, task)
+    if recipe.optim.warmup_steps >= total:
+        raise RecipeError(f"recipe key 'optim.warmup_steps' is {recipe.optim.warmup_steps}, but training has only "
+                          f"{total} steps; make it shorter than training")
+    if recipe.data.batch_size > len(task.x_train):
+        warn(f"recipe key 'data.batch_size' is {recipe.data.batch_size}, above the {len(task.x_train)} training "
+             f"samples; using full batches of {len(task.x_train)} (recorded as the jobs' batch_size)")
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (MemAvailable for the CPU), or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kb * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_fits(recipe: Recipe, width: int, params: int) -> None:
+    """Refuse a width whose one member cannot fit, before anything is allocated.
+
+    Lower bound of one member's training memory: weights, gradients and optimizer state, 4 bytes each
+    (activations come on top), against the free memory of the training device.
+    """
+    try:
+        device = resolve_device(recipe.train.device)
+    except RecipeError:  # a GPU the driver lacks: the workers (Ray) may have it, and check it themselves
+        return
+    free = available_bytes(device)
+    states = {"sgd": 1 if recipe.optim.momentum else 0}.get(recipe.optim.name, 2)
+    need = params * 4 * (2 + states)
+    if free is not None and need > free:
+        raise RecipeError(f"recipe key 'model.widths': width {width} needs at least {need / 2**30:.1f} GiB for "
+                          f"one member ({params:,} parameters) but {device.type} has {free / 2**30:.1f} GiB "
+                          "free; use smaller widths")
 
 
 def eval_steps(recipe: Recipe, total: int) -> list[int]:
@@ -140,7 +195,8 @@ class MemberResults:
     test_acc: list[np.ndarray] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     logits: list[np.ndarray] = field(default_factory=list)      # per eval: [E, N, K]
-    diverged_step: np.ndarray | None = None
+    diverged_step: np.ndarray | None = None                     # [E] step it diverged at, -1 if it did not
+    diverged_reason: list[str] = field(default_factory=list)    # [E] "", "nan", "loss-bound" or "chance"
     state: dict | None = None                                   # final stacked weights and buffers
     snapshot_steps: list[int] = field(default_factory=list)     # steps of the snapshots (before the last)
     snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: tensor [E, ...]} (storage dtype)
@@ -153,11 +209,67 @@ class MemberResults:
         for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
             setattr(out, name, cat(name))
         out.diverged_step = np.concatenate([p.diverged_step for p in parts])
+        out.diverged_reason = [r for p in parts for r in p.diverged_reason]
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
         out.snapshot_steps = parts[0].snapshot_steps
         out.snapshots = [{k: torch.cat([p.snapshots[j][k] for p in parts]) for k in snap}
                          for j, snap in enumerate(parts[0].snapshots)]
         return out
+
+    def to_plain(self) -> dict:
+        """Plain types and tensors only, so a checkpoint loads with ``torch.load(weights_only=True)``."""
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            out[name] = [t(a) for a in out[name]]
+        out["diverged_step"] = None if self.diverged_step is None else t(self.diverged_step)
+        out["state"] = None if self.state is None else {k: t(v) for k, v in self.state.items()}
+        return out
+
+    @staticmethod
+    def from_plain(d: dict) -> "MemberResults":
+        """Inverse of :meth:`to_plain`."""
+        d = dict(d)
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            d[name] = [a.numpy() for a in d[name]]
+        if d["diverged_step"] is not None:
+            d["diverged_step"] = d["diverged_step"].numpy()
+        if d["state"] is not None:
+            d["state"] = {k: v.numpy() for k, v in d["state"].items()}
+        return MemberResults(**d)
+
+
+def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
+    """Set ``res.diverged_step`` / ``diverged_reason`` [E] from the engine's NaN/inf steps and the recorded curves.
+
+    Besides a NaN/inf loss ("nan", from the engine), a member is diverged when its loss at the last
+    evaluation exceeds ``train.divergence_factor`` x its initial test loss ("loss-bound", from the step it
+    stayed above the bound; a transient spike that comes back, a catapult, is not divergence), or when a
+    classifier stays at chance: test accuracy within 3 binomial standard errors of 1/K at every evaluation
+    after step 0 while its final test loss is no lower than its initial one ("chance", at the last step).
+    """
+    step = np.asarray(res.diverged_step, np.int64).copy()
+    reason = ["nan" if s >= 0 else "" for s in step]
+    test = np.stack(res.test_loss, 1)                        # [E, S]
+    train = np.stack(res.train_loss, 1)
+    worst = np.fmax(test, train)                             # NaN only where both are
+    initial = test[:, 0]
+    k = recipe.train.divergence_factor
+    chance = task.y_test.dtype == torch.int64 and len(res.steps) > 1
+    if chance:
+        p, n = 1.0 / task.num_classes, len(task.y_test)
+        acc = np.stack(res.test_acc, 1)[:, 1:]
+        stuck = np.all(acc <= p + 3 * math.sqrt(p * (1 - p) / n), 1) & (test[:, -1] >= initial)
+    for e in range(len(step)):
+        if reason[e]:
+            continue
+        if k and initial[e] > 0 and worst[e, -1] > k * initial[e]:
+            below = np.flatnonzero(~(worst[e] > k * initial[e]))  # the last evaluation within the bound
+            step[e], reason[e] = res.steps[below[-1] + 1 if len(below) else 0], "loss-bound"
+            continue
+        if chance and stuck[e]:
+            step[e], reason[e] = res.steps[-1], "chance"
+    res.diverged_step, res.diverged_reason = step, reason
 
 
 def evaluate(ens: Ensemble, task: Task, loss: str, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -305,8 +417,7 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
-    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") \
-        if ckpt_path is not None and ckpt_path.exists() else None  # CPU first: written on any node
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
     tables: list[ParamTable] = []
 
     def make_members(idx: list[int]) -> list[nn.Module]:
@@ -326,14 +437,15 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     else:
         group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
         if mode not in compiled.MODES:
-            raise WidthkitError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
+            raise RecipeError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
         pinned = None if group == "auto" else _group_sizes(group, len(seeds))
         record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned,
                                 compile_mode=mode, job_steps=total)
     all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
+    record["batch_size"] = all_batches.B  # the batch size used (data.batch_size clamped to the training set)
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
-    done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
+    done: list[MemberResults] = [MemberResults.from_plain(d) for d in ckpt["done"]] if ckpt is not None else []
     autocast = _autocast_dtype(recipe, device)
     desc = label or f"width {width}"
     threads_before = torch.get_num_threads()
@@ -370,7 +482,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
             if ckpt is not None and ckpt.get("current") is not None:
                 cur = ckpt["current"]
                 ens.load_state_dict(cur["ensemble"])
-                res, start = cur["results"], cur["step"]
+                res, start = MemberResults.from_plain(cur["results"]), cur["step"]
                 loss_sum, acc_sum, n_since = cur["loss_sum"].to(device), cur["acc_sum"].to(device), cur["n_since"]
                 pbar.advance(start * len(group))
             ckpt = None
@@ -398,7 +510,8 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     break
                 if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and
                                               step % recipe.train.checkpoint_every == 0):
-                    _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
+                    _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res.to_plain(),
+                                                         "step": step,
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})
                 x, y = batches(step)
@@ -409,6 +522,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 pbar.advance(len(group))
             batches.close()
             res.diverged_step = ens.diverged_step.cpu().numpy()
+            mark_diverged(res, recipe, task)
             res.state = {k: v.detach().cpu().numpy() for k, v in ens.state_dict()["params"].items()}
             res.state.update({k: v.cpu().numpy() for k, v in ens.buffers.items()})
             done.append(res)
@@ -416,6 +530,39 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 _save_ckpt(ckpt_path, record, done, None)
 
 
+CKPT_FORMAT = "widthkit-ckpt"
+
+
 def _save_ckpt(path: Path, record: dict, done: list, current: dict | None) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"record": record, "done": done, "current": current}, tmp)
+    """Write a job checkpoint atomically: plain types and tensors only (loadable with ``weights_only=True``).
+
+    Serialized in memory first, so a full disk surfaces as the atomic writer's one-line "disk full" error
+    rather than ``torch.save``'s ``RuntimeError``.
+    """
+    buf = io.BytesIO()
+    torch.save({"format": CKPT_FORMAT, "record": record, "done": [r.to_plain() for r in done],
+                "current": current}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """A job checkpoint written by :func:`_save_ckpt`, or None when there is none or it is unusable.
+
+    Read with ``torch.load(weights_only=True)``: a checkpoint is a file in a possibly shared run directory,
+    so a pickle asking for any code is refused.  A refused, foreign or damaged file is never deleted: it is
+    moved aside to ``<name>.refused`` with a warning, and the job restarts from step 0.
+    """
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")  # CPU first: written on any node
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+            raise ValueError("not a widthkit checkpoint")
+        return ckpt
+    except Exception as e:  # noqa: BLE001 - a parser fed arbitrary bytes fails in arbitrary ways
+        why = "a pickle that asks for code: refused" if isinstance(e, pickle.UnpicklingError) else \
+            str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        aside = path.with_name(path.name + ".refused")
+        path.replace(aside)
+        warn(f"checkpoint '{path}' is unusable ({why}); moved it to '{aside.name}', its job restarts from step 0")
+        return None

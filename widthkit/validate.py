@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable
 
-from widthkit.errors import WidthkitError, did_you_mean, unknown
+from widthkit.errors import RecipeError, UnknownNameError, did_you_mean, unknown
 
 T = typing.TypeVar("T")
 
@@ -64,6 +64,8 @@ PositiveInt = Annotated[int, Range(ge=1)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
+UnitFraction = Annotated[float, Range(gt=0, le=1)]
+OpenUnitFraction = Annotated[float, Range(gt=0, lt=1)]
 
 # type -> (recipe words singular, recipe words plural, Python name)
 _WORDS = {int: ("an integer", "integers", "int"), float: ("a number", "numbers", "float"),
@@ -176,8 +178,8 @@ def coerce(value: Any, tp: Any, key: str, owner: str | None = None) -> Any:
     choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
     hint = did_you_mean(value, choices) if isinstance(value, str) and choices else ""
     if owner is None:
-        raise WidthkitError(f"recipe key '{key}' must be {describe(tp)}, got {value!r}{hint}")
-    raise WidthkitError(f"{owner}: {key} must be {describe(tp, recipe=False)}, got {key}={value!r}{hint}")
+        raise RecipeError(f"recipe key '{key}' must be {describe(tp)}, got {value!r}{hint}")
+    raise RecipeError(f"{owner}: {key} must be {describe(tp, recipe=False)}, got {key}={value!r}{hint}")
 
 
 # ------------------------------------------------------------------------------------- recipe tables
@@ -197,7 +199,7 @@ def _build(cls, table: Any, where: str, rel: str):
     """``rel``: the dotted path of ``table`` inside ``[where]`` (with a trailing dot, or empty)."""
     name = ".".join(filter(None, (where, rel.rstrip("."))))
     if not isinstance(table, dict):
-        raise WidthkitError(f"recipe key '{name}' must be a table ([{name}]), got {table!r}")
+        raise RecipeError(f"recipe key '{name}' must be a table ([{name}]), got {table!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     extra = next((f.name for f in fields if f.metadata.get("extra")), None)
@@ -213,7 +215,7 @@ def _build(cls, table: Any, where: str, rel: str):
         elif extra:
             rest[key] = value
         else:
-            raise WidthkitError(f"unknown recipe key '{full}'{did_you_mean(rel + key, [rel + n for n in names])}; "
+            raise UnknownNameError(f"unknown recipe key '{full}'{did_you_mean(rel + key, [rel + n for n in names])}; "
                                 f"valid keys in [{name}]: {', '.join(names)}")
     if extra:
         kwargs[extra] = rest

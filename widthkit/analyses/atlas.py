@@ -19,8 +19,9 @@ from atlases.hooks import PENULTIMATE, resolve_layer
 from .. import fmt
 from ..errors import WidthkitError
 from ..build import load_recipe_task
-from ..progress import info
+from ..progress import info, warn
 from ..results import Result
+from ..validate import PositiveInt, UnitFraction
 from .base import Analysis, Block, Figure, Link, Subject, Table, opt, register_analysis
 
 IMAGE_TASKS = ("digits", "cifar10", "cifar100", "cifar5m", "imagefolder")
@@ -33,16 +34,16 @@ class AtlasOptions:
     widths: list[int] = opt([], "widths to atlas (default: the narrowest and the widest finished)")
     seed: int = opt(-1, "member seed (-1: the first)")
     layer: str = opt(PENULTIMATE, "module to atlas (penultimate: the classifier's input)")
-    max_vectors: int = opt(2000, "activation vectors collected")
-    positions: int = opt(1, "random spatial positions per image (conv layers)")
-    grid: int = opt(10, "cells per side of the layout grid")
-    min_count: int = opt(3, "activations a cell needs to get an icon")
-    neighbors: int = opt(15, "UMAP n_neighbors")
-    size: int = opt(32, "icon size in pixels")
-    steps: int = opt(64, "optimization steps per icon")
+    max_vectors: PositiveInt = opt(2000, "activation vectors collected")
+    positions: PositiveInt = opt(1, "random spatial positions per image (conv layers)")
+    grid: PositiveInt = opt(10, "cells per side of the layout grid")
+    min_count: PositiveInt = opt(3, "activations a cell needs to get an icon")
+    neighbors: PositiveInt = opt(15, "UMAP n_neighbors")
+    size: PositiveInt = opt(32, "icon size in pixels")
+    steps: PositiveInt = opt(64, "optimization steps per icon")
     whiten: bool = opt(False, "whiten directions by the activation covariance")
     class_index: int = opt(-1, "class atlas: keep the activations most attributed to this class (-1: off)")
-    keep: float = opt(0.1, "share of activations kept for a class atlas")
+    keep: UnitFraction = opt(0.1, "share of activations kept for a class atlas")
 
 
 @dataclass
@@ -83,17 +84,29 @@ def cell_purity(layout_json: Path) -> tuple[float, int, int]:
     return float(mix[ok].max(1).sum() / tot[ok].sum()), len(set(mix[ok].argmax(1).tolist())), int(mix.shape[1])
 
 
-def _members(view, o: AtlasOptions) -> tuple[list[int], int]:
+def _members(view, o: AtlasOptions) -> list[tuple[int, int]]:
+    """(width, seed) of each atlas; diverged members are skipped (with a warning), never atlased."""
     done = view.widths
-    widths = sorted(set(o.widths)) if o.widths else sorted({done[0], done[-1]}) if done else []
+    widths = sorted(set(o.widths)) if o.widths else done
     bad = [w for w in widths if w not in done]
     if bad or not widths:
         raise WidthkitError(f"atlas widths {bad or widths} are not finished; finished: {done} "
                             "(choose widths among them)")
-    seed = view.seeds[0] if o.seed < 0 else o.seed
-    if seed not in view.seeds:
-        raise WidthkitError(f"atlas seed {seed} is not a member seed; seeds: {view.seeds}")
-    return widths, seed
+    if o.seed >= 0 and o.seed not in view.seeds:
+        raise WidthkitError(f"atlas seed {o.seed} is not a member seed; seeds: {view.seeds}")
+    members = []
+    for w in widths:
+        alive = [s for s, d in zip(view.seeds, view.diverged(w)) if not d]
+        seed = o.seed if o.seed >= 0 else (alive[0] if alive else view.seeds[0])
+        if seed in alive:
+            members.append((w, seed))
+        else:
+            warn(f"atlas: skipping width {w}: member seed {seed} diverged")
+    if not o.widths:  # default: the narrowest and the widest width with a member that did not diverge
+        members = sorted({members[0], members[-1]}) if members else []
+    if not members:
+        raise WidthkitError(f"atlas: every chosen member diverged (widths {widths}); lower optim.lr and retrain")
+    return members
 
 
 @register_analysis
@@ -114,10 +127,9 @@ class Atlas(Analysis):
     def compute(self, subject: Subject, o: AtlasOptions) -> AtlasRunResult:
         import atlases
         view = subject.require_point(self.name)
-        widths, seed = _members(view, o)
         task = view.task()
         out = []
-        for w in widths:
+        for w, seed in _members(view, o):
             model = view.load_member(w, seed)
             layer = resolve_layer(model, o.layer)
             folder = atlas_folder(f"w{w}-s{seed}", layer)

@@ -20,6 +20,7 @@ from ..errors import WidthkitError
 from ..plots import figure, save
 from ..progress import info
 from ..results import Result
+from ..validate import PositiveInt
 from .atlas import Atlas
 from .base import Analysis, Block, Figure, Link, Subject, Table, opt, register_analysis
 
@@ -31,11 +32,11 @@ class AtlasWidthOptions:
     layer: str = opt(PENULTIMATE, "module to atlas and probe (penultimate: the classifier's input)")
     seed: int = opt(-1, "member seed (-1: the first)")
     widths: list[int] = opt([], "widths (default: every finished width)")
-    k: int = opt(10, "PCA directions for the group probe")
-    max_vectors: int = opt(5000, "activation vectors collected per atlas")
-    grid: int = opt(10, "cells per side of the layout grid")
-    size: int = opt(32, "icon size in pixels")
-    steps: int = opt(64, "optimization steps per icon")
+    k: PositiveInt = opt(10, "PCA directions for the group probe")
+    max_vectors: PositiveInt = opt(5000, "activation vectors collected per atlas")
+    grid: PositiveInt = opt(10, "cells per side of the layout grid")
+    size: PositiveInt = opt(32, "icon size in pixels")
+    steps: PositiveInt = opt(64, "optimization steps per icon")
 
 
 @dataclass

@@ -47,6 +47,7 @@ from ..fitting import LineFit, fit_line, fit_power_law
 from ..plots import figure, loglog_fit_line, save, time_axis, width_colors
 from ..progress import track, warn
 from ..results import Result
+from ..validate import PositiveInt
 from ..store import analysable_widths
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
@@ -608,7 +609,7 @@ class EnsembleBiasOptions:
     """Options of ``ensemble-bias`` (recipe table ``[ensemble_bias]``)."""
 
     step: int = opt(-1, "evaluation step to analyse (-1: the final outputs)")
-    subsets: int = opt(64, "K-subsets averaged per ensemble size K")
+    subsets: PositiveInt = opt(64, "K-subsets averaged per ensemble size K")
     average: str = opt("outputs", "what ensembles average: outputs (logits) or probs (softmax, xent only)")
     over_training: bool = opt(True, "also fit the variance exponent and L_inf(N) at every evaluation step")
     seed: int = opt(0, "seed of the subset and split sampling")

@@ -46,6 +46,7 @@ from ..fitting import LineFit, fit_line
 from ..plots import figure, save
 from ..progress import track, warn
 from ..results import Result
+from ..validate import OpenUnitFraction, PositiveInt
 from ..store import analysable_widths
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
@@ -58,10 +59,10 @@ class TransferOptions:
     layer: str = opt(PENULTIMATE, "module whose output is the feature (penultimate: the classifier's input)")
     probe: str = opt("logistic", "new last layer: logistic, linear-sgd or ridge")
     shots: list[int] = opt([], "few-shot sizes K (examples per class)")
-    draws: int = opt(5, "few-shot draws per K")
-    val_frac: float = opt(0.2, "share of the target train split used to choose the regularization")
+    draws: PositiveInt = opt(5, "few-shot draws per K")
+    val_frac: OpenUnitFraction = opt(0.2, "share of the target train split used to choose the regularization")
     information: bool = opt(True, "also run the input-reconstruction R^2 and k-NN information probes")
-    n_info: int = opt(2000, "source examples used by the information probes")
+    n_info: PositiveInt = opt(2000, "source examples used by the information probes")
     seed: int = opt(0, "seed of the validation split and few-shot draws")
     step: int = opt(-1, "snapshot step to read the members at (-1: the end of training)")
     matched: bool = opt(True, "also compare widths at matched source accuracy (needs train.snapshots)")

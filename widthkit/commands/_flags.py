@@ -18,6 +18,8 @@ def flag(name: str) -> str:
 
 
 def _argtype(tp) -> dict:
+    if typing.get_origin(tp) is typing.Annotated:  # bounds are checked with the options, naming the flag
+        tp = typing.get_args(tp)[0]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))

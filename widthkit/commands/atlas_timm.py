@@ -34,10 +34,38 @@ def add_arguments(p) -> None:
 IMAGE_DATA = ("digits", "cifar10", "cifar100", "imagefolder")
 
 
+def read_state_dict(path: str) -> dict:
+    """The state dict in the checkpoint file ``path`` (plain, or under ``state_dict`` / ``model``).
+
+    Read with ``weights_only=True``: a pickle asking for code, a file that is not a checkpoint and a
+    checkpoint holding no state dict are each one :class:`DataError` line.
+    """
+    import pickle
+
+    import torch
+
+    from ..errors import DataError
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"checkpoint '{path}' asks to run code when loaded (a full pickle, not plain weights); "
+                        "refused: save a state dict with torch.save(model.state_dict(), FILE)") from None
+    except Exception as e:  # noqa: BLE001 - a parser fed arbitrary bytes fails in arbitrary ways
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise DataError(f"'{path}' is not a PyTorch checkpoint ({first}); pass a file written by torch.save") \
+            from None
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise DataError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors); save one "
+                        "with torch.save(model.state_dict(), FILE)")
+    return state
+
+
 def load_timm(args):
     """(model, x, y, out_dir, label) for a timm model with local weights, on 3-channel images."""
     import timm
-    import torch
     import torch.nn.functional as F
 
     from ..data import load_task
@@ -54,8 +82,7 @@ def load_timm(args):
         raise WidthkitError(f"checkpoint '{args.checkpoint}' not found; give a local state-dict file")
     if timm.list_models(args.timm) != [args.timm]:
         raise unknown("timm model", args.timm, timm.list_models())
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    state = read_state_dict(args.checkpoint)
     cfg = timm.create_model(args.timm, pretrained=False).pretrained_cfg
     size = args.image_size or (int(cfg.get("input_size", (3, 224, 224))[-1]) if kind == "imagefolder" else 32)
     kw = {"pretrained": False}

@@ -65,7 +65,9 @@ def test_contract_round_trip(name, tiny_run_path, tmp_path, capsys):
             assert t.caption in out
             assert all(len(r) == len(t.columns) for r in t.rows)
         assert all(line in out for line in b.lines)
-    page = _Html(tmp_path / "report.html")
+    page = _Html(tmp_path / "report.html", tmp_path)
+    page.check_figures(blocks)
+    assert not page.warnings
     for b in blocks:
         page.block(b)
     text = "".join(page.parts)

@@ -5,6 +5,7 @@ import sys
 
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from . import fmt
 from .build import count_params
@@ -17,18 +18,21 @@ def console() -> Console:
 
 
 def print_table(title: str, columns: list[str], rows: list[list], lines=()) -> None:
-    """A table on stdout (numbers formatted by :func:`widthkit.fmt.cell`), then its reading lines."""
+    """A table on stdout (numbers formatted by :func:`widthkit.fmt.cell`), then its reading lines.
+
+    Every string is printed as plain text (``[lo, hi]`` is not rich markup)."""
     t = RichTable()
     for c in columns:
-        t.add_column(str(c), justify="left" if c in ("strategy", "point", "analysis", "output", "layer") else "right")
+        t.add_column(Text(str(c)), justify="left" if c in ("strategy", "point", "analysis", "output", "layer")
+                     else "right")
     for r in rows:
-        t.add_row(*[c.text if hasattr(c, "path") else fmt.cell(c) for c in r])
+        t.add_row(*[Text(c.text if hasattr(c, "path") else fmt.cell(c)) for c in r])
     con = console()
-    con.print(title, highlight=False, soft_wrap=True, style="italic")
+    con.print(title, highlight=False, soft_wrap=True, style="italic", markup=False)
     if columns:
         con.print(t)
     for line in lines:
-        con.print(line, highlight=False, soft_wrap=True)
+        con.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def print_blocks(blocks, point: str = "") -> None:

@@ -80,9 +80,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
+    where = machine()  # before the probe's thread count is applied
     rows = [row(c.split(":")[0], int(c.split(":")[1]), a.steps, a.rounds) for c in a.cases.split(",")]
     text = "\n".join([
-        f"`python bench/compile_speed.py --cases {a.cases} --steps {a.steps} --rounds {a.rounds}` ({machine()}; "
+        f"`python bench/compile_speed.py --cases {a.cases} --steps {a.steps} --rounds {a.rounds}` ({where}; "
         "the machine was shared with other jobs). Median of interleaved rounds; compile time as found (inductor's "
         "on-disk cache may be warm); \"pays after\" = compile time / time saved per step. The strategy probe "
         "compiles only when a job is that long (`widthkit.compiled.pays`).", "",

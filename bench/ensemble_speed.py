@@ -254,7 +254,7 @@ def ladder_rows(steps: int | None) -> list[dict]:
 def markdown(args, steps, mem, ladder) -> str:
     flags = f" --device {DEVICE.type}" + (" --bf16" if AUTOCAST else "") if DEVICE.type != "cpu" else ""
     out = [f"`python bench/ensemble_speed.py --members {args.members} --steps {args.steps} --rounds {args.rounds}"
-           f"{flags}` ({machine()}). Per-step times are medians of {args.rounds} interleaved rounds of {args.steps} "
+           f"{flags}` ({machine()}; the machine was shared with other jobs). Per-step times are medians of {args.rounds} interleaved rounds of {args.steps} "
            "steps; ours uses the strategy and thread count the trainer's probe picks; \"plain\" is E `nn.Module`s "
            f"with their own `torch.optim.SGD` at torch's default {DEFAULT_THREADS} threads, \"plain 1t\" the same "
            "loop single-threaded (CPU only); \"ours / (E x single)\" compares ours with E times one model's step."
@@ -271,8 +271,9 @@ def markdown(args, steps, mem, ladder) -> str:
         out += ["", "Peak memory (RSS high-water mark above the process before the models were built: parameters, "
                 "optimizer state, activations), one fresh process per cell:", "",
                 "| model | width | strategy | ours MiB | plain MiB | ours / plain |", "|---|---|---|---|---|---|"]
-        out[-2:-2] = ["Vectorized convs keep every member's activations at once (vmap's conv rule adds a batched "
-                      "copy); `train.memory_budget_mb` caps the group size by the measured activation memory "
+        out[-2:-2] = ["Vectorized convs keep every member's activations at once (the grouped-convolution plan "
+                      "keeps no batched copy, unlike vmap's conv rule); `train.memory_budget_mb` caps the group "
+                      "size by the measured activation memory "
                       "(`tests/test_trainer.py::test_memory_budget_caps_the_group_size`).", ""]
         out += [f"| {r['family']} | {r['width']} | {r['strategy']} | {r['ours_mb']:.1f} | {r['plain_mb']:.1f} | "
                 f"{r['ratio']:.2f} |" for r in mem]

@@ -193,9 +193,11 @@ ul.warn li{color:var(--warn)} .ok{color:#1a7f37}
 class _Html:
     """Accumulates the page; inlines each distinct PNG once."""
 
-    def __init__(self, out: Path, root: Path):
-        self.out, self.root, self.parts, self.seen = out, Path(root).resolve(), [], set()
-        self.pngs: dict[str, bytes] = {}   # path -> verified bytes (see check_figures)
+    def __init__(self, out: Path, root: Path | None = None):
+        """``root``: the run directory figures must lie in (default: the report's folder)."""
+        self.out, self.parts, self.seen = out, [], set()
+        self.root = Path(root if root is not None else Path(out).parent).resolve()
+        self.pngs: dict[str, bytes | None] = {}   # path -> verified bytes, None if refused (see check_figures)
         self.warnings: list[str] = []
 
     def add(self, s: str) -> None:
@@ -217,6 +219,7 @@ class _Html:
                 if isinstance(f.path, bytes) or str(f.path) in self.pngs:
                     continue
                 path = Path(f.path)
+                self.pngs[str(f.path)] = None
                 if not path.exists() and not path.is_symlink():
                     continue
                 real = path.resolve()
@@ -266,8 +269,9 @@ class _Html:
             self.add("<p>" + " · ".join(f'<a href="{self.href(k.path)}">{html.escape(k.text)}</a>' for k in b.links)
                      + "</p>")
         self.add('<div class="figs">')
+        self.check_figures([b])  # already done for a whole report (its warnings are counted up front)
         for f in b.figures:
-            if isinstance(f.path, bytes) or str(f.path) in self.pngs:
+            if isinstance(f.path, bytes) or self.pngs.get(str(f.path)) is not None:
                 self.figure(f.path, f.reading, atlas=not isinstance(f.path, bytes) and Path(f.path).name == "atlas.png")
         self.add("</div>")
         if b.notes:

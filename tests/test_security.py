@@ -311,4 +311,8 @@ def test_a_width_against_itself_is_a_warning_not_a_result(ladder, tmp_path, caps
     assert main(["ensemble-bias", str(run), "--out", str(tmp_path / "eb"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["skipped_widths"] == [16] and [w["width"] for w in res["per_width"]] == [8]
-    assert res["agreement"] is None and not (tmp_path / "eb" / "ensemble_agreement.png").exists()
+    assert res["over_training"] is None or res["over_training"]["widths"] == [8]
+    assert main(["consistency", str(run), "--out", str(tmp_path / "cons")]) == 2   # nothing against itself
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only [8] has members that did not diverge" in err[0]
+    assert not (tmp_path / "cons" / "consistency.json").exists()

@@ -48,10 +48,13 @@ def test_bad_grids_are_one_line(key, value, needle):
 
 
 def test_a_list_of_snapshot_steps_is_no_sweep_and_old_fingerprints_stay():
-    r = parse_recipe("[train]\nsnapshots = [0, 10]")
+    base = "[model]\nwidths = [64, 256]\n[data]\ntask = 'digits'\n"
+    r = parse_recipe(base + "[train]\nsnapshots = [0, 10]")
     assert r.train.snapshots == [0, 10]
-    assert parse_recipe("").fingerprint() == "65009f298ff31ff8"  # the fingerprint before snapshots existed
-    assert r.fingerprint() != parse_recipe("").fingerprint()
+    assert parse_recipe(base).fingerprint() == "65009f298ff31ff8"  # the fingerprint before snapshots existed
+    assert r.fingerprint() != parse_recipe(base).fingerprint()
+    for later in ("[param]\ncenter = true", "[param]\ngamma0 = 2.0", "[param]\nreadout = 'mf'"):  # added later too
+        assert parse_recipe(base + later).fingerprint() != parse_recipe(base).fingerprint()
 
 
 @pytest.fixture(scope="module")

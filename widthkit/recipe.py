@@ -134,12 +134,20 @@ class Recipe:
             d["train"].pop(k, None)
         if not self.train.snapshots:  # runs without snapshots keep the fingerprint they had before snapshots
             d["train"].pop("snapshots"), d["train"].pop("snapshot_dtype")
+        for section, keys in _ADDED_LATER.items():  # likewise for keys added later, left at their defaults
+            defaults = _SECTIONS[section]()
+            for k in keys:
+                if d[section][k] == getattr(defaults, k):
+                    d[section].pop(k)
         for k in self.analysis:
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _SECTIONS = {"model": ModelSpec, "param": ParamSpec, "data": DataSpec, "train": TrainSpec, "optim": OptimSpec}
+# keys that change results but came after the first run-store format: at their defaults they stay out of the
+# fingerprint, so runs trained before them still resume and open
+_ADDED_LATER = {"param": ("readout", "gamma0", "center")}
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

@@ -48,6 +48,7 @@ from ..plots import figure, save, time_axis, width_colors
 from ..progress import track
 from ..results import Result
 from ..store import analysable_widths
+from ..validate import PositiveInt
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 from .ensemble_bias import _centred, _member_space, _point
 
@@ -65,7 +66,7 @@ class ConsistencyOptions:
     kernel: str = opt("ntk", "learned kernel of the spectral view: ntk (after-kernel, seed-averaged) or features")
     kernel_inputs: int = opt(128, "test inputs of the learned kernel")
     step: int = opt(-1, "snapshot step of the spectral view (-1: the end of training)")
-    splits: int = opt(8, "random half-splits of the seeds for the ensemble agreement")
+    splits: PositiveInt = opt(8, "random half-splits of the seeds for the ensemble agreement")
     seed: int = opt(0, "seed of the splits and of Lanczos")
 
 
@@ -481,8 +482,10 @@ class Consistency(Analysis):
 
     def applies(self, subject: Subject, o: ConsistencyOptions) -> str:
         run = subject.point
-        if run is None or len(run.widths) < 2:
-            return "it compares widths with the widest: train at least two widths"
+        usable = [] if run is None else [w for w in run.widths if not np.asarray(run.diverged(w), bool).all()]
+        if len(usable) < 2:  # never a width against itself, nor a fully diverged width as "the widest"
+            return (f"it compares widths with the widest, but only {usable or 'no width'} has members that did not "
+                    "diverge: train at least two widths")
         if o.kernel == "ntk":
             gb = ntk_bytes(run, o.kernel_inputs) / 2**30
             if gb > NTK_MAX_GB:

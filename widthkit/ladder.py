@@ -10,21 +10,28 @@ one :class:`WidthkitError` naming every failed job.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .build import build_member, count_params, load_recipe_task, member_params
+from .engine import PER_MEMBER_OPTIM
 from .errors import WidthkitError
 from .executors import get_executor
 from .progress import info, warn
 from .recipe import as_recipe_dict, expand_grid, from_dict
 from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
                     shard_ok, versions, write_index, write_shard)
-from .trainer import train_members
+from .trainer import train_points
+
+# recipe keys whose grid points train packed into one group (seeds x values): the optimizer keys the
+# engine takes per member, and the init/output scales each member is built with
+PACKABLE = tuple(f"optim.{k}" for k in PER_MEMBER_OPTIM) + ("param.output_mult", "param.gain")
 
 
 # ---------------------------------------------------------------------- jobs
@@ -33,7 +40,9 @@ class Job:
     """One unit of work: train ``seeds`` at ``width`` for grid point ``point``.
 
     ``member_params`` (parameters of one member) travels with the job, so executors can
-    size it (:attr:`params`) without rebuilding its model.
+    size it (:attr:`params`) without rebuilding its model.  ``packed`` holds further grid
+    points (each a job of its own in the index, with its own shard) that differ from this
+    one only in :data:`PACKABLE` keys and train in the same stacked group.
     """
 
     id: str
@@ -45,11 +54,18 @@ class Job:
     run_dir: str
     member_params: int
     strategy: str | None = None
+    pack: str = ""        # grid points with the same pack key, width and seeds can be packed
+    packed: list["Job"] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list["Job"]:
+        """The grid-point jobs this job trains: itself, then the packed ones."""
+        return [self, *self.packed]
 
     @property
     def params(self) -> int:
         """Parameters per member times members: the job's size (executors use it to share GPUs)."""
-        return self.member_params * len(self.seeds)
+        return self.member_params * len(self.seeds) * len(self.parts)
 
     @property
     def shard(self) -> Path:
@@ -57,7 +73,11 @@ class Job:
 
     @property
     def ckpt(self) -> Path:
-        return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
+        """Its checkpoint; a packed job's name says which points it packs (a resume may pack fewer)."""
+        if not self.packed:
+            return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
+        digest = hashlib.sha256(" ".join(j.id for j in self.parts).encode()).hexdigest()[:8]
+        return Path(self.run_dir) / "ckpt" / f"{self.id}-pack{len(self.parts)}-{digest}.pt"
 
 
 def checkpoint_progress(path: Path) -> dict | None:
@@ -84,41 +104,70 @@ def run_job(job: Job) -> dict:
     A job whose worker died resumes from its checkpoint; the record's ``resumed_from``
     says from where.
     """
-    recipe = from_dict(job.recipe)
-    task = load_recipe_task(recipe)
+    recipes = [from_dict(j.recipe) for j in job.parts]
+    task = load_recipe_task(recipes[0])
     t0 = time.perf_counter()
     job.ckpt.parent.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint_progress(job.ckpt)
-    label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key else "")
-    results, record, table = train_members(recipe, job.width, job.seeds, task, build_member=build_member,
+    label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key and not job.packed else
+                                    f" [{len(job.parts)} grid points packed]" if job.packed else "")
+    results, record, tables = train_points(recipes, job.width, job.seeds, task, build_member=build_member,
                                            ckpt_path=job.ckpt, strategy=job.strategy, label=label)
     seconds = time.perf_counter() - t0
     targets = task.y_test.cpu().numpy()
-    write_shard(job.shard, job=job.id, point=job.point, point_key=job.point_key, recipe=recipe, width=job.width,
-                results=results, strategy=record, param_table=table, targets=targets, seconds=seconds)
+    n_div = 0
+    for part, recipe, res, table in zip(job.parts, recipes, results, tables):
+        write_shard(part.shard, job=part.id, point=part.point, point_key=part.point_key, recipe=recipe,
+                    width=job.width, results=res, strategy=record, param_table=table, targets=targets,
+                    seconds=seconds)
+        n_div += int((res.diverged_step >= 0).sum())
     job.ckpt.unlink(missing_ok=True)
-    n_div = int((results.diverged_step >= 0).sum())
     if n_div:
-        warn(f"width {job.width}: {n_div} of {len(job.seeds)} members diverged (NaN/inf loss); "
+        warn(f"width {job.width}: {n_div} of {len(job.seeds) * len(job.parts)} members diverged (NaN/inf loss); "
              "they are marked diverged in the store")
-    out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(table),
+    out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(tables[0]),
            "diverged": n_div}
+    if job.packed:
+        out["packed"] = [j.id for j in job.parts]
     if resumed is not None:
         out["resumed_from"] = resumed
     return out
 
 
 # -------------------------------------------------------------------- driver
+def pack_key(recipe_dict: dict) -> str:
+    """What a grid point's training shares with the points it can be packed with: all but :data:`PACKABLE`."""
+    d = json.loads(json.dumps(recipe_dict))
+    for key in PACKABLE:
+        sec, name = key.split(".")
+        d[sec].pop(name, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pack_jobs(jobs: list[Job]) -> list[Job]:
+    """Group jobs of grid points that differ only in :data:`PACKABLE` keys (same width and seeds) into one
+    job each, the first carrying the others in ``packed``; order is kept (by each group's first job)."""
+    groups: dict[tuple, Job] = {}
+    for j in jobs:
+        key = (j.pack, j.width, tuple(j.seeds))
+        if key in groups:
+            groups[key].packed.append(j)
+        else:
+            groups[key] = Job(**{**j.__dict__, "packed": []})
+    return list(groups.values())
+
+
 def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tuple[list[dict], list[Job]]:
-    """Expand sweeps and widths into jobs (narrow widths first).
+    """Expand sweeps and widths into jobs (narrow widths first), one per grid point, width and seed group.
 
     Loads every grid point's task (for the jobs' sizes), so missing data fails here,
-    before anything is written.
+    before anything is written.  :func:`pack_jobs` then packs those that can train together.
     """
     points, jobs = [], []
     for pi, (key, praw) in enumerate(expand_grid(raw)):
         r = from_dict(praw)
         points.append({"key": key, "recipe": r.to_dict(), "fingerprint": r.fingerprint()})
+        pack = pack_key(r.to_dict())
         task = load_recipe_task(r)
         seeds = r.train.seeds
         k = seeds_per_job or len(seeds)
@@ -126,20 +175,23 @@ def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tup
             size = member_params(r, w, task)
             for i in range(0, len(seeds), k):
                 group = seeds[i:i + k]
-                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size))
+                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size, pack=pack))
     jobs.sort(key=lambda j: (j.width, j.point, j.seeds[0]))
     return points, jobs
 
 
 def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None, resume: bool = False,
-                 executor=None, strategy: str | None = None, seeds_per_job: int | None = None) -> Run:
+                 executor=None, strategy: str | None = None, seeds_per_job: int | None = None,
+                 pack: bool = True) -> Run:
     """Train every width (and grid point) of ``recipe`` into the run directory ``out``.
 
     ``recipe`` is anything :func:`widthkit.recipe.as_recipe_dict` accepts (a :class:`Recipe`,
     a raw dict, TOML text or a path).  ``executor`` is
     ``"local"`` (default), ``"ray"`` or an executor object (see :mod:`widthkit.executors`).
     Returns the :class:`Run`; if jobs failed, the others are kept and a one-line
-    :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
+    :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).  With ``pack``
+    (default) grid points that differ only in :data:`PACKABLE` keys train as one stacked group
+    per width and seed group; each point still gets its own shard and index entry.
     """
     text, raw = as_recipe_dict(recipe, overrides)
     out = Path(out)
@@ -192,11 +244,12 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
         return Run(out)
 
     def on_done(job: Job, record: dict) -> None:
-        index["jobs"][job.id].update(record)
+        for part in job.parts:
+            index["jobs"][part.id].update(record)
         index["updated"] = now()
         write_index(out, index)
 
-    get_executor(executor).run(pending, run_job, on_done)
+    get_executor(executor).run(pack_jobs(pending) if pack else pending, run_job, on_done)
     failed = [j.id for j in pending if index["jobs"][j.id]["status"] == "failed"]
     if failed:
         raise WidthkitError(failure_summary(index, failed, len(jobs), out))

@@ -46,6 +46,7 @@ class ParamSpec:
     output_mult: float = 1.0      # muP readout multiplier (alpha)
     readout_zero: bool = False    # muP: initialize the readout at zero
     gain: float = 0.0             # hidden-weight init gain; 0 = sqrt(2) for relu/gelu, 1 otherwise
+    eps_scaling: Literal["unfolded", "width"] = "unfolded"  # Adam epsilon: as the unfolded model, or / width (muP)
 
 
 @dataclass

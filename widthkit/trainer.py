@@ -133,6 +133,20 @@ class MemberResults:
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
         return out
 
+    def take(self, members: slice, lr: list[float]) -> "MemberResults":
+        """The results of ``members`` (a slice of the member axis), whose lr at each eval step is ``lr``."""
+        out = MemberResults(seeds=self.seeds[members], steps=self.steps, lr=lr)
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            setattr(out, name, [v[members] for v in getattr(self, name)])
+        out.diverged_step = self.diverged_step[members]
+        out.state = {k: v[members] for k, v in self.state.items()}
+        return out
+
+
+def eval_lr(step: int, optim, total: int) -> float:
+    """The learning rate recorded at eval ``step``: the next step's, 0 after the last."""
+    return lr_at(step, optim, total) if step < total else 0.0
+
 
 def evaluate(ens: Ensemble, task: Task, loss: str, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Test outputs [E,N,K], loss [E] and accuracy [E] for every member (plain module path)."""
@@ -183,13 +197,16 @@ def activation_bytes(ens: Ensemble, x: torch.Tensor, y: torch.Tensor) -> int:
     return int(sum(sum(n for _, n in v) for k, v in views.items() if k not in own))  # weights are not activations
 
 
-def max_group(make_members, lr_scales, recipe: Recipe, batches: Batches, device) -> tuple[int, float]:
-    """Largest group whose activations fit ``train.memory_budget_mb``, and MB per member."""
+def max_group(make_members, hparams, recipe: Recipe, batches: Batches, device) -> tuple[int, float]:
+    """Largest group whose activations fit ``train.memory_budget_mb``, and MB per member.
+
+    ``hparams(idx)`` gives the :class:`Ensemble` keyword arguments (lr scales, optimizer specs, epsilon
+    scales) of members ``idx``; so do the other functions' here."""
     n = len(batches.seeds)
     if not recipe.train.memory_budget_mb:
         return n, math.nan
     k = min(n, 2)  # two members, so vmap's batched layout is part of the per-member cost
-    ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device)
+    ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device, **hparams(list(range(k))))
     x, y = batches(0)
     per = activation_bytes(ens, x[:k], y[:k]) / k / 2**20
     return max(1, min(n, int(recipe.train.memory_budget_mb // max(per, 1e-9)))), per
@@ -199,7 +216,7 @@ def _strategy_name(k: int, n: int) -> str:
     return "vectorized" if k == n else "loop" if k == 1 else f"chunk:{k}"
 
 
-def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
+def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, device, steps: int = 3,
                    pinned: int | None = None) -> dict:
     """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
 
@@ -214,7 +231,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     if pinned is not None:
         sizes = [pinned]
     else:
-        cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
+        cap, per_member_mb = max_group(make_members, hparams, recipe, batches, device)
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     budget = {} if not recipe.train.memory_budget_mb else {
         "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
@@ -224,8 +241,8 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     timings = {}
     try:
         for k in sizes:
-            ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device,
-                           _autocast_dtype(recipe, device))
+            ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device,
+                           autocast_dtype=_autocast_dtype(recipe, device), **hparams(list(range(k))))
             x, y = x0[:k], y0[:k]
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
@@ -256,33 +273,47 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     initialized member.  With ``ckpt_path``, state is saved every
     ``train.checkpoint_every`` steps and a later call resumes from it.
     """
+    results, record, tables = train_points([recipe], width, seeds, task, build_member=build_member,
+                                           ckpt_path=ckpt_path, strategy=strategy, label=label)
+    return results[0], record, tables[0]
+
+
+def train_points(recipes: list[Recipe], width: int, seeds: list[int], task: Task, *, build_member,
+                 ckpt_path: Path | None = None, strategy: str | None = None,
+                 label: str = "") -> tuple[list[MemberResults], dict, list[ParamTable]]:
+    """Train ``seeds`` at ``width`` for several grid points at once (a packed sweep).
+
+    The ``recipes`` (grid points) differ only in per-member keys (learning rate, weight decay,
+    init and output scales), so their P x S members (point-major) train as one stacked group
+    whose members carry their own hyper-parameters; the probe and memory budget see all of them.
+    Returns per point its results and param table, and the one strategy record.
+    """
+    recipe = recipes[0]
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") \
         if ckpt_path is not None and ckpt_path.exists() else None  # CPU first: written on any node
-    tables: list[ParamTable] = []
+    S = len(seeds)
+    member_seeds = seeds * len(recipes)
+    tables = [build_member(r, width, seeds[0], task)[1] for r in recipes]
 
     def make_members(idx: list[int]) -> list[nn.Module]:
-        models = []
-        for i in idx:
-            m, t = build_member(recipe, width, seeds[i], task)
-            models.append(m)
-            if not tables:
-                tables.append(t)
-        return models
+        return [build_member(recipes[i // S], width, member_seeds[i], task)[0] for i in idx]
 
-    make_members([0])
-    lr_scales = tables[0].lr_scales()
-    all_batches = Batches(recipe, task, seeds, device)
+    def hparams(idx: list[int]) -> dict:
+        return {"lr_scales": [tables[i // S].lr_scales() for i in idx], "optim": [recipes[i // S].optim for i in idx],
+                "eps_scales": [tables[i // S].eps_scales() for i in idx]}
+
+    all_batches = Batches(recipe, task, member_seeds, device)
     if ckpt is not None:
         record = ckpt["record"]
     else:
         requested = strategy or recipe.train.strategy
-        pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
-        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
-    record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
-    groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
+        pinned = None if requested == "auto" else _group_sizes(requested, len(member_seeds))
+        record = probe_strategy(make_members, hparams, recipe, all_batches, device, pinned=pinned)
+    record["group_size"] = k = _group_sizes(record["strategy"], len(member_seeds))
+    groups = [list(range(i, min(i + k, len(member_seeds)))) for i in range(0, len(member_seeds), k)]
     done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
     autocast = _autocast_dtype(recipe, device)
     desc = label or f"width {width}"
@@ -290,22 +321,24 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     if record.get("threads"):
         torch.set_num_threads(record["threads"])
     try:
-        _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
+        _train_groups(recipe, task, member_seeds, groups, done, ckpt, ckpt_path, record, make_members, hparams,
+                      device, autocast, total, evals, f"{desc} ({len(member_seeds)} members, {record['strategy']})")
     finally:
         torch.set_num_threads(threads_before)
-    return MemberResults.concat(done), record, tables[0]
+    joined = MemberResults.concat(done)
+    return [joined.take(slice(p * S, (p + 1) * S), [eval_lr(t, r.optim, total) for t in joined.steps])
+            for p, r in enumerate(recipes)], record, tables
 
 
-def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
+def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, hparams, device,
                   autocast, total, evals, desc) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
-            ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
-                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds])
+            ens = Ensemble(make_members(group), loss=recipe.train.loss, device=device, autocast_dtype=autocast,
+                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds], **hparams(group))
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0
@@ -323,7 +356,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 if step in evals and (not res.steps or res.steps[-1] != step):
                     outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
                     res.steps.append(step)
-                    res.lr.append(lr_at(step, recipe.optim, total) if step < total else 0.0)
+                    res.lr.append(eval_lr(step, recipe.optim, total))
                     denom = max(n_since, 1)
                     res.train_loss.append((loss_sum / denom).cpu().numpy() if n_since else tl * math.nan)
                     res.train_acc.append((acc_sum / denom).cpu().numpy() if n_since else tl * math.nan)
@@ -340,7 +373,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})
                 x, y = batches(step)
-                losses, correct = ens.step(x, y, lr_at(step, recipe.optim, total))
+                losses, correct = ens.step(x, y, ens.member_lrs(step, total))
                 loss_sum += losses
                 acc_sum += correct
                 n_since += 1

@@ -91,3 +91,47 @@ def test_hp_transfer_end_to_end_on_a_packed_sp_mup_sweep(sweep, tmp_path):
         analyze("hp-transfer", sweep, tmp_path / "bad", key="optim.lrr")
     with pytest.raises(WidthkitError, match="unknown --metric 'loss'"):
         analyze("hp-transfer", sweep, tmp_path / "bad", metric="loss")
+
+
+# ------------------------------------------------------------------ exact Adam under muP
+def _adam_pair(width: int, eps_scaled: bool, steps: int = 50):
+    """(folded widthkit member after ``steps`` Adam steps, the unfolded model's a*w after the same steps
+    with torch.optim.Adam): muP MLP, output multiplier 2, epsilon 1e-3 (large, so that it matters)."""
+    import torch
+    from torch.func import functional_call
+
+    from widthkit.build import build_member, load_recipe_task
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import from_dict
+
+    r = from_dict({"model": {"family": "mlp", "widths": [8, width], "depth": 2},
+                   "param": {"kind": "mup", "base_width": 8, "output_mult": 2.0},
+                   "data": {"task": "digits", "batch_size": 32}, "optim": {"name": "adam", "lr": 0.01, "eps": 1e-3}})
+    task = load_recipe_task(r)
+    model, table = build_member(r, width, 0, task)
+    rules = {x.name: x for x in table.rules}
+    assert rules["head.weight"].role == "readout" and rules["head.weight"].mult == pytest.approx(2.0 * 8 / width)
+    # the unfolded model: stored weights w = W / a, the forward multiplies by a; its own Adam lr is lr * c
+    w = {n: torch.nn.Parameter(p.detach() / rules[n].mult) for n, p in model.named_parameters()}
+    opt = torch.optim.Adam([{"params": [w[n]], "lr": 0.01 * rules[n].lr_scale / rules[n].mult} for n in w],
+                           eps=1e-3)
+    ens = Ensemble([model], table.lr_scales(), r.optim, "xent", eps_scales=table.eps_scales() if eps_scaled else None)
+    shell = build_member(r, width, 0, task)[0]
+    for t in range(steps):
+        x, y = task.x_train[16 * t:16 * t + 16], task.y_train[16 * t:16 * t + 16]
+        ens.step(x[None], y[None], 0.01)
+        opt.zero_grad()
+        out = functional_call(shell, {n: rules[n].mult * w[n] for n in w}, (x,))
+        torch.nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+    return ens.member_state(0), {n: rules[n].mult * w[n].detach() for n in w}
+
+
+@pytest.mark.parametrize("width", [32, 128])
+def test_folded_adam_with_scaled_epsilon_follows_the_unfolded_model(width):
+    import torch
+    folded, unfolded = _adam_pair(width, eps_scaled=True)
+    for n in unfolded:
+        torch.testing.assert_close(folded[n], unfolded[n], rtol=1e-4, atol=1e-5)
+    plain, _ = _adam_pair(width, eps_scaled=False)  # one epsilon for every folded weight: the readout differs
+    assert not torch.allclose(plain["head.weight"], unfolded["head.weight"], rtol=1e-3, atol=1e-4)

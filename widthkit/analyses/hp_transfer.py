@@ -340,7 +340,7 @@ class HpTransfer(Analysis):
             ["panel", "width", f"best {res.key}", "interval", "at grid edge", "diverged members"],
             [[p.label or "-", str(c.width), fmt.num(c.optimum), f"[{fmt.num(c.interval[0])}, {fmt.num(c.interval[1])}]",
               "yes" if c.at_edge else "no", str(sum(c.diverged))] for p in res.panels for c in p.curves]
-            + [[p.label or "-", "drift", fmt.pm(p.drift, p.drift_err, 2) + " oct/doubling", "", "", ""]
+            + [[p.label or "-", "drift", f"{p.drift:+.2f} ± {p.drift_err:.2f} oct/doubling", "", "", ""]
                for p in res.panels]))
         for p in res.panels:
             b.tables.append(Table(

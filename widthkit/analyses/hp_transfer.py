@@ -260,11 +260,8 @@ def plot_transfer(res: HpTransferResult, path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_xlabel(res.key)
         ax.set_title(f"{p.label or 'all points'}: drift {p.drift:+.2f} ± {p.drift_err:.2f} oct/doubling", fontsize=8)
-        finite = np.concatenate([np.array(c.mean, float) for c in p.curves])
-        finite = finite[np.isfinite(finite)]
-        if len(finite) and res.metric != "test_acc":  # diverged-ish values would squash the interesting range
-            lo, best_hi = finite.min(), max(np.nanmin(np.array(c.mean, float)) for c in p.curves)
-            ax.set_ylim(lo - 0.05 * (best_hi - lo + 1e-12), min(finite.max(), lo + 4 * (best_hi - lo) + 0.5))
+        if res.metric != "test_acc":  # losses span decades near the optimum and at the diverging end
+            ax.set_yscale("log")
     axes[0][0].set_ylabel(res.metric)
     axes[0][0].legend(fontsize=7)
     return save(fig, path)

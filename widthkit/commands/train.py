@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
                      help="reruns of a job whose worker died, from its checkpoint (default 2)")
     p.add_argument("--strategy", default=None, help="override the ensemble strategy: vectorized, loop, chunk:N")
     p.add_argument("--seeds-per-job", type=int, default=None, help="split each width's seeds into jobs of N")
+    p.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="train every grid point of a learning-rate/weight-decay/scale sweep as its own job")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -48,7 +50,7 @@ def run(args) -> int:
     executor = get_executor(args.executor, address=args.address, num_cpus=args.cpus_per_job,
                             num_gpus=args.gpus_per_job, max_retries=args.max_retries)  # None: the default
     run_ = train_ladder(args.recipe, out, overrides=args.overrides, resume=args.resume, executor=executor,
-                        strategy=args.strategy, seeds_per_job=args.seeds_per_job)
+                        strategy=args.strategy, seeds_per_job=args.seeds_per_job, pack=args.pack)
     views = [run_.select(i) for i in range(len(run_.points))]
     if args.json:
         from ..results import to_jsonable

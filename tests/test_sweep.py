@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 import widthkit
 from widthkit.errors import WidthkitError
@@ -64,3 +65,55 @@ def test_study_of_a_sweep_writes_one_folder_and_one_report_section_per_point(swe
     assert re.findall(r'<section id="(results[^"]*)"', page) == ["results-p00", "results-p01"]
     for key in KEYS:
         assert f"[{key}]" in page
+
+
+# ------------------------------------------------------------------ packed sweeps
+def _packed_recipe(optim: dict) -> dict:
+    return {"name": "packed", "seed": 3, "model": {"family": "mlp", "widths": [16], "depth": 2},
+            "param": {"kind": "mup", "base_width": 8, "output_mult": [1.0, 4.0]},
+            "data": {"task": "digits", "batch_size": 32},
+            "train": {"steps": 12, "seeds": 2, "eval_every": 6, "checkpoint_every": 0, "strategy": "vectorized"},
+            "optim": optim}
+
+
+@pytest.mark.parametrize("optim", [
+    {"name": "sgd", "lr": [0.05, 0.2], "momentum": 0.9, "weight_decay": [0.0, 0.01]},
+    {"name": "adamw", "lr": [1e-3, 1e-2], "eps": 1e-4, "weight_decay": 0.1},
+], ids=["sgd", "adamw"])
+def test_packed_sweep_equals_the_grid_points_trained_one_by_one(tmp_path, optim):
+    """Grid points that differ in lr, weight decay and muP's output multiplier train as ONE job per width
+    (members carry their own lr, decay, lr scales and epsilons), and give what separate jobs give."""
+    recipe = _packed_recipe(optim)
+    packed = train_ladder(recipe, tmp_path / "packed")
+    alone = train_ladder(recipe, tmp_path / "alone", pack=False)
+    n = len(packed.points)
+    assert n == (8 if optim["name"] == "sgd" else 4) and packed.points == alone.points
+    records = list(packed.index["jobs"].values())
+    assert len(records) == n and all(len(r["packed"]) == n for r in records)  # one job trained them all
+    assert all("packed" not in r for r in alone.index["jobs"].values())
+    losses = set()
+    for i in range(n):
+        a, b = packed.select(i), alone.select(i)
+        assert a.point_key == b.point_key and a.recipe.fingerprint() == b.recipe.fingerprint()
+        np.testing.assert_allclose(a.metrics(16)["lr"], b.metrics(16)["lr"])
+        np.testing.assert_allclose(a.metrics(16)["test_loss"], b.metrics(16)["test_loss"], rtol=1e-4, atol=1e-6)
+        for s in (0, 1):
+            sa, sb = a.member_state(16, s), b.member_state(16, s)
+            for k in sb:
+                torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-6)
+        assert a.param_table(16) == b.param_table(16)
+        losses.add(round(float(a.metrics(16)["test_loss"][0, -1]), 6))
+    assert len(losses) == n  # every grid point trained differently
+
+
+def test_depth_sweep_is_not_packed_and_each_point_equals_its_own_run(tmp_path):
+    recipe = _packed_recipe({"name": "sgd", "lr": 0.1})
+    recipe["param"]["output_mult"] = 1.0
+    recipe["model"]["depth"] = [1, 2]
+    run = train_ladder(recipe, tmp_path / "depth")
+    assert run.points == ["model.depth=1", "model.depth=2"]
+    assert all("packed" not in r for r in run.index["jobs"].values()) and len(run.index["jobs"]) == 2
+    single = dict(recipe, model={**recipe["model"], "depth": 1})
+    ref = train_ladder(single, tmp_path / "one")
+    for k, v in ref.member_state(16, 1).items():
+        torch.testing.assert_close(run.select(0).member_state(16, 1)[k], v)

@@ -70,7 +70,7 @@ def build_member(recipe: Recipe, width: int, seed: int, task: Task) -> tuple[nn.
     table = parameterize(model, kind=recipe.param.kind, width=width, base_width=recipe.base_width,
                          base_model=base, delta_model=delta, optimizer=recipe.optim.name, gain=recipe.param.gain,
                          activation=kw.get("activation"), output_mult=recipe.param.output_mult,
-                         readout_zero=recipe.param.readout_zero,
+                         readout_zero=recipe.param.readout_zero, eps_scaling=recipe.param.eps_scaling,
                          generator=torch.Generator().manual_seed(init_seed))
     return apply_conventions(model, table, center=recipe.param.center, gamma0=recipe.param.gamma0,
                              readout=recipe.param.readout)

@@ -8,6 +8,11 @@ The optimizers (SGD with momentum/Nesterov, Adam, AdamW) are written functionall
 the stacked tensors and follow ``torch.optim``'s update formulas, so a vectorized run
 matches members trained one by one with ``torch.optim`` up to float rounding.
 
+Members may differ in their hyper-parameters (a packed sweep): learning rate, weight
+decay, per-parameter lr scales and Adam epsilons (which carry the output multiplier of
+muP).  Such a quantity is one float when every member agrees (the fast path) and a
+tensor [E] otherwise, broadcast over each stacked parameter's member axis.
+
 A member whose loss becomes NaN or inf is marked diverged at that step and its loss
 leaves the total; the others are untouched (their gradients never mix with it).  Divergence is
 tracked on the device, with no host synchronization inside the step loop.
@@ -20,6 +25,7 @@ operation in the forward (e.g. stochastic depth) cannot be kept per member and r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from contextlib import nullcontext
 
@@ -105,20 +111,63 @@ def _member_dropouts(template: nn.Module) -> tuple[nn.Module, dict[str, MemberDr
     return net, found
 
 
+PackedScalar = float | torch.Tensor  # one value for all members, or one per member [E]
+
+PER_MEMBER_OPTIM = ("lr", "weight_decay")  # optimizer fields the members of one group may differ in
+
+
+def _per_member(values: list[float], device: torch.device) -> PackedScalar:
+    """One float when every member has the same value, else a float32 tensor [E]."""
+    return float(values[0]) if len(set(values)) == 1 else torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _member_view(a: PackedScalar, like: torch.Tensor) -> torch.Tensor:
+    """``a`` shaped to broadcast over a stacked parameter [E, ...] (a float becomes a 0-d-like tensor)."""
+    if isinstance(a, float):
+        return like.new_tensor(a).view([1] * like.dim())
+    return a.view(-1, *[1] * (like.dim() - 1))
+
+
+def _axpy(ys: list[torch.Tensor], xs: list[torch.Tensor], alphas: list[PackedScalar], inplace: bool = True):
+    """``ys[i] + alphas[i] * xs[i]`` for every tensor (in place, or as a new list)."""
+    if all(isinstance(a, float) for a in alphas):
+        if not inplace:
+            if len(set(alphas)) == 1:
+                return torch._foreach_add(ys, xs, alpha=alphas[0])
+            ys = [y.clone() for y in ys]
+        for r in set(alphas):  # one fused update per distinct value (no scaled copy of xs)
+            sel = [j for j, v in enumerate(alphas) if v == r]
+            torch._foreach_add_([ys[j] for j in sel], [xs[j] for j in sel], alpha=r)
+        return ys
+    views = [_member_view(a, y) for a, y in zip(alphas, ys)]
+    if inplace:
+        torch._foreach_addcmul_(ys, xs, views)
+        return ys
+    return torch._foreach_addcmul(ys, xs, views)
+
+
+def _times(a: PackedScalar, b: PackedScalar) -> PackedScalar:
+    return a * b if isinstance(a, float) and isinstance(b, float) else torch.as_tensor(a) * b
+
+
 class Ensemble:
     """E members of one architecture, stacked, with a functional optimizer.
 
     ``members`` are initialized ``nn.Module`` s of identical architecture; ``lr_scales``
-    maps parameter names to per-parameter learning-rate multipliers.  ``noise_seeds``
+    maps parameter names to per-parameter learning-rate multipliers and ``eps_scales`` to
+    Adam epsilon multipliers (default 1), either one mapping for all members or a list with
+    one per member.  ``optim`` is one :class:`OptimSpec` or a list with one per member; a
+    list may differ only in :data:`PER_MEMBER_OPTIM` fields.  ``noise_seeds``
     (default ``0..E-1``) name each member's random stream: its dropout masks at step t
     are drawn from a generator seeded with ``derive_seed(noise_seeds[i], t)``.
     ``channels_last`` stores conv feature maps NHWC on the batched path (``conv_layouts`` lists the
     layouts worth timing for this architecture).
     """
 
-    def __init__(self, members: list[nn.Module], lr_scales: dict[str, float], optim: OptimSpec,
-                 loss: str, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                 noise_seeds: list[int] | None = None, channels_last: bool = False):
+    def __init__(self, members: list[nn.Module], lr_scales: dict[str, float] | list[dict[str, float]],
+                 optim: OptimSpec | list[OptimSpec], loss: str, device: torch.device | str = "cpu",
+                 autocast_dtype: torch.dtype | None = None, noise_seeds: list[int] | None = None,
+                 eps_scales: dict[str, float] | list[dict[str, float]] | None = None, channels_last: bool = False):
         self.device = torch.device(device)
         self.channels_last = channels_last  # conv feature maps NHWC in the batched plan
         self.template = copy.deepcopy(members[0]).to("meta")
@@ -133,19 +182,28 @@ class Ensemble:
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = {k: v.detach() for k, v in buffers.items()}
         self.names = list(self.params)
-        self.scales = [float(lr_scales.get(n, 1.0)) for n in self.names]
-        self.optim = optim
+        self.size = len(members)
+        optims = optim if isinstance(optim, list) else [optim] * len(members)
+        self.optim = optims[0]
+        shared = {f.name for f in dataclasses.fields(OptimSpec)} - set(PER_MEMBER_OPTIM)
+        if len(optims) != len(members) or any({k: getattr(o, k) for k in shared} !=
+                                               {k: getattr(self.optim, k) for k in shared} for o in optims):
+            raise WidthkitError(f"a group's {len(optims)} optimizer specs must be one per member ({len(members)}) "
+                                f"and differ only in {', '.join(PER_MEMBER_OPTIM)}; train the others as separate jobs")
+        self.member_lr = [o.lr for o in optims]  # peak learning rates: a schedule scales each (see member_lrs)
+        self.weight_decay = _per_member([o.weight_decay for o in optims], self.device)
+        self.scales = self._per_param(lr_scales)
+        self.eps = [_times(self.optim.eps, e) for e in self._per_param(eps_scales or {})]
         self.loss = loss
         self.autocast_dtype = autocast_dtype
-        self.size = len(members)
         self.alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
         self.diverged_step = torch.full((self.size,), -1, dtype=torch.int64, device=self.device)
         self.t = 0  # optimizer steps taken
         zeros = lambda: [torch.zeros_like(p) for p in self.params.values()]  # noqa: E731
         self.state: dict[str, list[torch.Tensor]] = {}
-        if optim.name == "sgd" and optim.momentum > 0:
+        if self.optim.name == "sgd" and self.optim.momentum > 0:
             self.state["momentum"] = zeros()
-        elif optim.name in ("adam", "adamw"):
+        elif self.optim.name in ("adam", "adamw"):
             self.state["exp_avg"], self.state["exp_avg_sq"] = zeros(), zeros()
         self._plan = _sequential_plan(self.template) if not self.buffers else None
         self._centered = centered_plan(self.template, self.buffers, _sequential_plan)
@@ -153,6 +211,20 @@ class Ensemble:
         self.conv_layouts = [False, True] if any(k == "conv" for k, _ in plan) else [False]  # NHWC?
         self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="error")
         self._losses = self._forward_losses
+
+    def _per_param(self, scales: dict[str, float] | list[dict[str, float]]) -> list[PackedScalar]:
+        """Per parameter (in ``self.names`` order): its multiplier, a float or one per member [E]."""
+        per = scales if isinstance(scales, list) else [scales] * self.size
+        if len(per) != self.size:
+            raise WidthkitError(f"got {len(per)} scale tables for {self.size} members; give one, or one per member")
+        return [_per_member([float(d.get(n, 1.0)) for d in per], self.device) for n in self.names]
+
+    def member_lrs(self, step: int, total: int) -> PackedScalar:
+        """Every member's learning rate at ``step``: its own peak lr through the shared schedule."""
+        lr = lr_at(step, self.optim, total)
+        if len(set(self.member_lr)) == 1:
+            return lr
+        return _per_member([r * lr / self.optim.lr for r in self.member_lr], self.device)
 
     # -------------------------------------------------------------- forward
     def _forward_one(self, params, buffers, x):
@@ -215,8 +287,10 @@ class Ensemble:
                                                    {k: v[i] for k, v in self.buffers.items()}), (x,))
 
     # ------------------------------------------------------------- training
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: PackedScalar) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step for every member on its own batch x [E,B,...], y [E,B(,K)].
+
+        ``lr`` is one learning rate for all members or one per member [E] (see :meth:`member_lrs`).
 
         Returns per-member minibatch losses and accuracies [E] (detached, on device;
         accuracy is 0 for regression targets).
@@ -241,21 +315,24 @@ class Ensemble:
         return losses, correct
 
     @torch.no_grad()
-    def _update(self, grads, lr: float) -> None:
+    def _update(self, grads, lr: PackedScalar) -> None:
         """One step of the optimizer on every stacked tensor, following ``torch.optim``.
 
         Members are independent, so a diverged member's NaN gradients only touch its
         own slices; no per-member masking is needed for the others to stay exact.
+        Per-member values (lr, weight decay, scales, epsilons) multiply each member's slice.
         """
         o = self.optim
+        wd = self.weight_decay
         self.t += 1
         idx = [i for i, g in enumerate(grads) if g is not None]
         params = [list(self.params.values())[i] for i in idx]
         g = [grads[i] for i in idx]
-        plr = [lr * self.scales[i] for i in idx]
+        plr = [_times(lr, self.scales[i]) for i in idx]
+        decay = isinstance(wd, torch.Tensor) or wd != 0
         if o.name == "sgd":
-            if o.weight_decay:
-                g = torch._foreach_add(g, params, alpha=o.weight_decay)
+            if decay:
+                g = _axpy(g, params, [wd] * len(g), inplace=False)
             if o.momentum > 0:
                 bufs = [self.state["momentum"][i] for i in idx]
                 if self.t == 1:
@@ -264,15 +341,17 @@ class Ensemble:
                     torch._foreach_mul_(bufs, o.momentum)
                     torch._foreach_add_(bufs, g)
                 g = torch._foreach_add(g, bufs, alpha=o.momentum) if o.nesterov else bufs
-            for r in set(plr):  # one fused in-place update per distinct lr (no scaled copy of g)
-                sel = [j for j, v in enumerate(plr) if v == r]
-                torch._foreach_add_([params[j] for j in sel], [g[j] for j in sel], alpha=-r)
+            _axpy(params, g, [-r for r in plr])
             return
         b1, b2 = o.betas
-        if o.name == "adamw" and o.weight_decay:
-            torch._foreach_mul_(params, [1.0 - r * o.weight_decay for r in plr])
-        elif o.weight_decay:
-            g = torch._foreach_add(g, params, alpha=o.weight_decay)
+        if o.name == "adamw" and decay:
+            factors = [1.0 - _times(r, wd) for r in plr]
+            if all(isinstance(f, float) for f in factors):
+                torch._foreach_mul_(params, factors)
+            else:
+                torch._foreach_mul_(params, [_member_view(f, p) for f, p in zip(factors, params)])
+        elif decay:
+            g = _axpy(g, params, [wd] * len(g), inplace=False)
         m = [self.state["exp_avg"][i] for i in idx]
         v = [self.state["exp_avg_sq"][i] for i in idx]
         torch._foreach_lerp_(m, g, 1 - b1)
@@ -281,8 +360,16 @@ class Ensemble:
         bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, o.eps)
-        torch._foreach_addcdiv_(params, m, denom, [-r / bc1 for r in plr])
+        eps = [self.eps[i] for i in idx]
+        if all(isinstance(e, float) for e in eps):
+            torch._foreach_add_(denom, eps)
+        else:
+            torch._foreach_add_(denom, [_member_view(e, d) for e, d in zip(eps, denom)])
+        steps = [-r / bc1 for r in plr]
+        if all(isinstance(r, float) for r in steps):
+            torch._foreach_addcdiv_(params, m, denom, steps)
+        else:
+            _axpy(params, torch._foreach_div(m, denom), steps)
 
     # ---------------------------------------------------------- extraction
     def member(self, i: int) -> nn.Module:

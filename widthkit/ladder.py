@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_text
 from .build import build_member, count_params, load_recipe_task, member_params
+from .engine import PER_MEMBER_OPTIM
 from .errors import JobsFailedError, RecipeError, RunStoreError
 from .executors import get_executor
 from .progress import info, warn
@@ -27,7 +30,11 @@ from .rundir import claim_run_dir, run_lock
 from .store import (FORMAT, FORMAT_VERSION, DamagedIndexError, Run, different_recipe, foreign_fingerprint, job_id,
                     now, read_index, shard_problem, versions, write_index, write_shard)
 from .tracking import JobInfo, JobLogger
-from .trainer import check_fits, check_recipe_task, load_checkpoint, train_members
+from .trainer import check_fits, check_recipe_task, load_checkpoint, train_points
+
+# recipe keys whose grid points train packed into one group (seeds x values): the optimizer keys the
+# engine takes per member, and the init/output scales each member is built with
+PACKABLE = tuple(f"optim.{k}" for k in PER_MEMBER_OPTIM) + ("param.output_mult", "param.gain")
 
 
 # ---------------------------------------------------------------------- jobs
@@ -36,7 +43,9 @@ class Job:
     """One unit of work: train ``seeds`` at ``width`` for grid point ``point``.
 
     ``member_params`` (parameters of one member) travels with the job, so executors can
-    size it (:attr:`params`) without rebuilding its model.
+    size it (:attr:`params`) without rebuilding its model.  ``packed`` holds further grid
+    points (each a job of its own in the index, with its own shard) that differ from this
+    one only in :data:`PACKABLE` keys and train in the same stacked group.
     """
 
     id: str
@@ -48,11 +57,18 @@ class Job:
     run_dir: str
     member_params: int
     strategy: str | None = None
+    pack: str = ""        # grid points with the same pack key, width and seeds can be packed
+    packed: list["Job"] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list["Job"]:
+        """The grid-point jobs this job trains: itself, then the packed ones."""
+        return [self, *self.packed]
 
     @property
     def params(self) -> int:
         """Parameters per member times members: the job's size (executors use it to share GPUs)."""
-        return self.member_params * len(self.seeds)
+        return self.member_params * len(self.seeds) * len(self.parts)
 
     @property
     def shard(self) -> Path:
@@ -60,7 +76,11 @@ class Job:
 
     @property
     def ckpt(self) -> Path:
-        return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
+        """Its checkpoint; a packed job's name says which points it packs (a resume may pack fewer)."""
+        if not self.packed:
+            return Path(self.run_dir) / "ckpt" / f"{self.id}.pt"
+        digest = hashlib.sha256(" ".join(j.id for j in self.parts).encode()).hexdigest()[:8]
+        return Path(self.run_dir) / "ckpt" / f"{self.id}-pack{len(self.parts)}-{digest}.pt"
 
 
 def checkpoint_progress(path: Path) -> dict | None:
@@ -79,45 +99,75 @@ def run_job(job: Job) -> dict:
     A job whose worker died resumes from its checkpoint; the record's ``resumed_from``
     says from where.
     """
-    recipe = from_dict(job.recipe)
-    task = load_recipe_task(recipe)
+    recipes = [from_dict(j.recipe) for j in job.parts]
+    task = load_recipe_task(recipes[0])
     t0 = time.perf_counter()
     job.ckpt.parent.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint_progress(job.ckpt)
-    label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key else "")
+    label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key and not job.packed else
+                                    f" [{len(job.parts)} grid points packed]" if job.packed else "")
     targets = task.y_test.cpu().numpy()
-    tracked = JobInfo(job.id, recipe, job.width, job.seeds, Path(job.run_dir), job.point_key)
-    with JobLogger(recipe.train.loggers, tracked, targets) as log:
-        results, record, table = train_members(recipe, job.width, job.seeds, task, build_member=build_member,
+    tracked = JobInfo(job.id, recipes[0], job.width, job.seeds, Path(job.run_dir), job.point_key)
+    with JobLogger(recipes[0].train.loggers, tracked, targets) as log:  # live tracking: never packed (plan_jobs)
+        results, record, tables = train_points(recipes, job.width, job.seeds, task, build_member=build_member,
                                                ckpt_path=job.ckpt, strategy=job.strategy, label=label,
                                                on_eval=log.eval if log.backends else None)
     seconds = time.perf_counter() - t0
-    write_shard(job.shard, job=job.id, point=job.point, point_key=job.point_key, recipe=recipe, width=job.width,
-                results=results, strategy=record, param_table=table, targets=targets, seconds=seconds)
+    n_div, reasons = 0, set()
+    for part, recipe, res, table in zip(job.parts, recipes, results, tables):
+        write_shard(part.shard, job=part.id, point=part.point, point_key=part.point_key, recipe=recipe,
+                    width=job.width, results=res, strategy=record, param_table=table, targets=targets,
+                    seconds=seconds)
+        n_div += int((res.diverged_step >= 0).sum())
+        reasons |= {r for r in res.diverged_reason if r}
     job.ckpt.unlink(missing_ok=True)
-    n_div = int((results.diverged_step >= 0).sum())
     if n_div:
-        why = ", ".join(sorted({r for r in results.diverged_reason if r}))
-        warn(f"width {job.width}: {n_div} of {len(job.seeds)} members diverged ({why}); "
+        warn(f"width {job.width}: {n_div} of {len(job.seeds) * len(job.parts)} members diverged "
+             f"({', '.join(sorted(reasons))}); "
              "they are marked diverged in the store")
-    out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(table),
+    out = {"status": "done", "seconds": round(seconds, 3), "strategy": record, "params": count_params(tables[0]),
            "diverged": n_div}
+    if job.packed:
+        out["packed"] = [j.id for j in job.parts]
     if resumed is not None:
         out["resumed_from"] = resumed
     return out
 
 
 # -------------------------------------------------------------------- driver
+def pack_key(recipe_dict: dict) -> str:
+    """What a grid point's training shares with the points it can be packed with: all but :data:`PACKABLE`."""
+    d = json.loads(json.dumps(recipe_dict))
+    for key in PACKABLE:
+        sec, name = key.split(".")
+        d[sec].pop(name, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pack_jobs(jobs: list[Job]) -> list[Job]:
+    """Group jobs of grid points that differ only in :data:`PACKABLE` keys (same width and seeds) into one
+    job each, the first carrying the others in ``packed``; order is kept (by each group's first job)."""
+    groups: dict[tuple, Job] = {}
+    for j in jobs:
+        key = (j.pack, j.width, tuple(j.seeds))
+        if key in groups:
+            groups[key].packed.append(j)
+        else:
+            groups[key] = Job(**{**j.__dict__, "packed": []})
+    return list(groups.values())
+
+
 def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tuple[list[dict], list[Job]]:
-    """Expand sweeps and widths into jobs (narrow widths first).
+    """Expand sweeps and widths into jobs (narrow widths first), one per grid point, width and seed group.
 
     Loads every grid point's task (for the jobs' sizes), so missing data fails here,
-    before anything is written.
+    before anything is written.  :func:`pack_jobs` then packs those that can train together.
     """
     points, jobs = [], []
     for pi, (key, praw) in enumerate(expand_grid(raw)):
         r = from_dict(praw)
         points.append({"key": key, "recipe": r.to_dict(), "fingerprint": r.fingerprint()})
+        pack = pack_key(r.to_dict()) if not r.train.loggers else f"point {pi}"  # a tracked point logs alone
         task = load_recipe_task(r)
         check_recipe_task(r, task)
         seeds = r.train.seeds
@@ -127,13 +177,14 @@ def plan_jobs(raw: dict, run_dir: Path, seeds_per_job: int | None = None) -> tup
             check_fits(r, w, size)
             for i in range(0, len(seeds), k):
                 group = seeds[i:i + k]
-                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size))
+                jobs.append(Job(job_id(pi, w, group), pi, key, r.to_dict(), w, group, str(run_dir), size, pack=pack))
     jobs.sort(key=lambda j: (j.width, j.point, j.seeds[0]))
     return points, jobs
 
 
 def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None, resume: bool = False,
-                 executor=None, strategy: str | None = None, seeds_per_job: int | None = None) -> Run:
+                 executor=None, strategy: str | None = None, seeds_per_job: int | None = None,
+                 pack: bool = True) -> Run:
     """Train every width (and grid point) of ``recipe`` into the run directory ``out``.
 
     ``recipe`` is anything :func:`widthkit.recipe.as_recipe_dict` accepts (a :class:`Recipe`,
@@ -143,7 +194,9 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
     at a time holds it (:func:`widthkit.rundir.run_lock`).  A run whose jobs were split differently
     (another ``seeds_per_job``) keeps its own split, so no member is stored twice.
     Returns the :class:`Run`; if jobs failed, the others are kept and a one-line
-    :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).
+    :class:`WidthkitError` names the failed ones (rerun with ``resume=True``).  With ``pack``
+    (default) grid points that differ only in :data:`PACKABLE` keys train as one stacked group
+    per width and seed group; each point still gets its own shard and index entry.
     """
     if seeds_per_job is not None and seeds_per_job <= 0:
         raise RecipeError(f"`seeds_per_job={seeds_per_job}` must be a positive number of seeds per job")
@@ -156,10 +209,10 @@ def train_ladder(recipe, out: str | Path, *, overrides: list[str] | None = None,
         for j in jobs:
             j.strategy = strategy
     with run_lock(out):
-        return _train_locked(text, raw, out, points, jobs, overrides, resume, executor)
+        return _train_locked(text, raw, out, points, jobs, overrides, resume, executor, pack)
 
 
-def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executor) -> Run:
+def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executor, pack: bool) -> Run:
     index_path = out / "index.json"
     index = _existing_index(out, resume) if index_path.exists() else None
     same = index is not None and [p["fingerprint"] for p in index["points"]] == [p["fingerprint"] for p in points]
@@ -211,11 +264,12 @@ def _train_locked(text, raw, out: Path, points, jobs, overrides, resume, executo
         return Run(out)
 
     def on_done(job: Job, record: dict) -> None:
-        index["jobs"][job.id].update(record)
+        for part in job.parts:
+            index["jobs"][part.id].update(record)
         index["updated"] = now()
         write_index(out, index)
 
-    get_executor(executor).run(pending, run_job, on_done)
+    get_executor(executor).run(pack_jobs(pending) if pack else pending, run_job, on_done)
     failed = [j.id for j in pending if index["jobs"][j.id]["status"] == "failed"]
     if failed:
         raise JobsFailedError(failure_summary(index, failed, len(jobs), out))

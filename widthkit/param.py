@@ -55,6 +55,7 @@ class LayerRule:
     mult: float               # the forward multiplier a that was folded into the weight
     init_std: float | None    # effective init std (None: module default kept)
     lr_scale: float           # effective per-parameter learning-rate scale
+    eps_scale: float = 1.0    # Adam epsilon multiplier of the folded weight (1/a: exact unfolding)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class ParamTable(Result):
 
     def lr_scales(self) -> dict[str, float]:
         return {r.name: r.lr_scale for r in self.rules}
+
+    def eps_scales(self) -> dict[str, float]:
+        return {r.name: r.eps_scale for r in self.rules}
 
 
 def _weight_fans(module: nn.Module, pname: str, p: torch.Tensor) -> tuple[int, int] | None:
@@ -89,13 +93,21 @@ def _default_gain(activation: str | None) -> float:
 def parameterize(model: nn.Module, *, kind: str, width: int, base_width: int, base_model: nn.Module | None = None,
                  delta_model: nn.Module | None = None, optimizer: str = "sgd", gain: float = 0.0,
                  activation: str | None = None, output_mult: float = 1.0, readout_zero: bool = False,
-                 generator: torch.Generator | None = None) -> ParamTable:
+                 eps_scaling: str = "unfolded", generator: torch.Generator | None = None) -> ParamTable:
     """Re-initialize ``model`` in place for parameterization ``kind`` and return its rules.
 
     ``base_model`` / ``delta_model`` are the same architecture at ``base_width`` and at a
     different width (meta-device models are fine); they are required for muP.
     ``generator`` seeds the init so members are reproducible.
+
+    Adam epsilon (``eps_scale``): a folded weight W = a w trained with epsilon eps/a follows
+    the unfolded w trained with eps exactly, so every rule gets 1/a (``"unfolded"``).
+    ``"width"`` also divides it by the width multiplier width/base_width for every parameter
+    with a dimension that grows with width, whose gradients shrink like 1/width in muP
+    (Everett et al. 2024 scale epsilon with width so it never swamps sqrt(v)).
     """
+    if eps_scaling not in ("unfolded", "width"):
+        raise WidthkitError(f"unknown epsilon scaling '{eps_scaling}'; choose unfolded or width")
     if kind not in ("sp", "ntk", "mup"):
         raise WidthkitError(f"unknown parameterization '{kind}'; choose sp, ntk or mup")
     if kind == "mup" and (base_model is None or delta_model is None):
@@ -144,7 +156,8 @@ def parameterize(model: nn.Module, *, kind: str, width: int, base_width: int, ba
                     p.zero_()
                 else:
                     p.normal_(0.0, std, generator=generator)
-            rules.append(LayerRule(name, role, list(shape), fan_in, mult, std, lr))
+            rules.append(LayerRule(name, role, list(shape), fan_in, mult, std, lr,
+                                   _eps_scale(mult, any(inf), width / base_width, eps_scaling)))
         else:
             fan_in = 1
             m_out = math.prod(s / b for s, b in zip(shape, bshape))  # only infinite dims differ
@@ -156,10 +169,16 @@ def parameterize(model: nn.Module, *, kind: str, width: int, base_width: int, ba
                 with torch.no_grad():
                     p.zero_()
                 std = 0.0
-            rules.append(LayerRule(name, "vector", list(shape), fan_in, 1.0, std, lr))
+            rules.append(LayerRule(name, "vector", list(shape), fan_in, 1.0, std, lr,
+                                   _eps_scale(1.0, any(inf), width / base_width, eps_scaling)))
     if kind == "mup":
         mup_architecture(model)
     return ParamTable(kind=kind, optimizer=optimizer, width=width, base_width=base_width, rules=rules)
+
+
+def _eps_scale(mult: float, infinite: bool, m: float, scaling: str) -> float:
+    """Epsilon multiplier of a folded parameter: 1/a (exact), over the width multiplier ``m`` too for ``width``."""
+    return (1.0 if mult == 0 else 1.0 / mult) / (m if scaling == "width" and infinite else 1.0)
 
 
 def mup_architecture(model: nn.Module) -> nn.Module:

@@ -52,6 +52,7 @@ class ParamSpec:
     readout: Literal["param", "mf"] = "param"  # mf: 1/N readout, SGD lr x N (kind ntk; widthkit.centered)
     gamma0: PositiveFloat = 1.0   # richness: output / gamma0, lr x gamma0^2 (SGD) or gamma0 (Adam)
     center: bool = False          # train f(x) - f0(x), f0 a frozen copy of the member at init
+    eps_scaling: Literal["unfolded", "width"] = "unfolded"  # Adam epsilon: as the unfolded model, or / width (muP)
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Recipe:
 _SECTIONS = {"model": ModelSpec, "param": ParamSpec, "data": DataSpec, "train": TrainSpec, "optim": OptimSpec}
 # keys that change results but came after the first run-store format: at their defaults they stay out of the
 # fingerprint, so runs trained before them still resume and open
-_ADDED_LATER = {"param": ("readout", "gamma0", "center")}
+_ADDED_LATER = {"param": ("readout", "gamma0", "center", "eps_scaling")}
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

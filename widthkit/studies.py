@@ -112,7 +112,7 @@ def _key(name: str, rp: Recipe, point: int, stamps: dict, widths: list[int]) -> 
     a = get_analysis(name)
     parts = {"analysis": name, "options": json.dumps(a.options(rp).__dict__, sort_keys=True, default=str)}
     if a.needs == "run":
-        prefix = f"p{point:02d}-"
+        prefix = "" if a.per_run else f"p{point:02d}-"
         parts.update(widths=widths, shards={k: v for k, v in stamps.items() if k.startswith(prefix)})
     else:
         parts["recipe"] = rp.fingerprint()
@@ -209,6 +209,8 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
             root = point_folder(view)
             for name, why in todo:
                 a = get_analysis(name)
+                if a.per_run and i:
+                    continue  # ran on the first point, over every point
                 subject = Subject(rp, view if a.needs == "run" else None, root / a.folder)
                 if why:
                     records.append(AnalysisRecord(name, key, "skipped", 0.0, _rel(subject.out, out), message=why))

@@ -272,6 +272,23 @@ def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
     res.diverged_step, res.diverged_reason = step, reason
 
 
+    def take(self, members: slice, lr: list[float]) -> "MemberResults":
+        """The results of ``members`` (a slice of the member axis), whose lr at each eval step is ``lr``."""
+        out = MemberResults(seeds=self.seeds[members], steps=self.steps, lr=lr)
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            setattr(out, name, [v[members] for v in getattr(self, name)])
+        out.diverged_step, out.diverged_reason = self.diverged_step[members], self.diverged_reason[members]
+        out.state = {k: v[members] for k, v in self.state.items()}
+        out.snapshot_steps = self.snapshot_steps
+        out.snapshots = [{k: v[members] for k, v in snap.items()} for snap in self.snapshots]
+        return out
+
+
+def eval_lr(step: int, optim, total: int) -> float:
+    """The learning rate recorded at eval ``step``: the next step's, 0 after the last."""
+    return lr_at(step, optim, total) if step < total else 0.0
+
+
 def evaluate(ens: Ensemble, task: Task, loss: str, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Test outputs [E,N,K], loss [E] and accuracy [E] for every member (plain module path)."""
     x = task.x_test.to(ens.device)
@@ -321,13 +338,16 @@ def activation_bytes(ens: Ensemble, x: torch.Tensor, y: torch.Tensor) -> int:
     return int(sum(sum(n for _, n in v) for k, v in views.items() if k not in own))  # weights are not activations
 
 
-def max_group(make_members, lr_scales, recipe: Recipe, batches: Batches, device) -> tuple[int, float]:
-    """Largest group whose activations fit ``train.memory_budget_mb``, and MB per member."""
+def max_group(make_members, hparams, recipe: Recipe, batches: Batches, device) -> tuple[int, float]:
+    """Largest group whose activations fit ``train.memory_budget_mb``, and MB per member.
+
+    ``hparams(idx)`` gives the :class:`Ensemble` keyword arguments (lr scales, optimizer specs, epsilon
+    scales) of members ``idx``; so do the other functions' here."""
     n = len(batches.seeds)
     if not recipe.train.memory_budget_mb:
         return n, math.nan
     k = min(n, 2)  # two members, so vmap's batched layout is part of the per-member cost
-    ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device)
+    ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device, **hparams(list(range(k))))
     x, y = batches(0)
     per = activation_bytes(ens, x[:k], y[:k]) / k / 2**20
     return max(1, min(n, int(recipe.train.memory_budget_mb // max(per, 1e-9)))), per
@@ -340,7 +360,7 @@ def _strategy_name(k: int, n: int) -> str:
 THREADS_MARGIN = 1.2  # more CPU threads must win the probe by 20%: on a shared machine they can lose 10x later
 
 
-def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
+def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, device, steps: int = 3,
                    pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
     """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
 
@@ -359,7 +379,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     if pinned is not None:
         sizes = [pinned]
     else:
-        cap, per_member_mb = max_group(make_members, lr_scales, recipe, batches, device)
+        cap, per_member_mb = max_group(make_members, hparams, recipe, batches, device)
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     budget = {} if not recipe.train.memory_budget_mb else {
         "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
@@ -369,8 +389,8 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
     timings = {}
     try:
         for k in sizes:
-            ens = Ensemble(make_members(list(range(k))), lr_scales, recipe.optim, recipe.train.loss, device,
-                           _autocast_dtype(recipe, device))
+            ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device,
+                           autocast_dtype=_autocast_dtype(recipe, device), **hparams(list(range(k))))
             x, y = x0[:k], y0[:k]
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
@@ -396,8 +416,9 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
               "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
                                                 for (k, t, cl), v in timings.items()}, **budget}
     record.update(compiled.decide(
-        lambda: Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
-                         _autocast_dtype(recipe, device), channels_last=best_layout),
+        lambda: Ensemble(make_members(list(range(best_k))), loss=recipe.train.loss, device=device,
+                         autocast_dtype=_autocast_dtype(recipe, device), channels_last=best_layout,
+                         **hparams(list(range(best_k)))),
         x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, timings[best] * best_k, job_steps, compile_mode,
         best_threads, device))
     return record
@@ -414,37 +435,54 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     is called after each evaluation of a group of members (live tracking, :mod:`widthkit.tracking`).
     ``stop_at``: stop after that many steps, keeping the weights then (the schedule is the full run's).
     """
+    results, record, tables = train_points([recipe], width, seeds, task, build_member=build_member,
+                                           ckpt_path=ckpt_path, strategy=strategy, label=label, on_eval=on_eval,
+                                           stop_at=stop_at)
+    return results[0], record, tables[0]
+
+
+def train_points(recipes: list[Recipe], width: int, seeds: list[int], task: Task, *, build_member,
+                 ckpt_path: Path | None = None, strategy: str | None = None,
+                 label: str = "", on_eval=None, stop_at: int | None = None,
+                 ) -> tuple[list[MemberResults], dict, list[ParamTable]]:
+    """Train ``seeds`` at ``width`` for several grid points at once (a packed sweep).
+
+    The ``recipes`` (grid points) differ only in per-member keys (learning rate, weight decay,
+    init and output scales), so their P x S members (point-major) train as one stacked group
+    whose members carry their own hyper-parameters; the probe and memory budget see all of them.
+    Returns per point its results and param table, and the one strategy record.  ``on_eval`` and
+    ``stop_at`` as in :func:`train_members` (``on_eval`` sees the stacked members, point-major).
+    """
+    recipe = recipes[0]
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
-    tables: list[ParamTable] = []
+    S = len(seeds)
+    member_seeds = seeds * len(recipes)
+    tables = [build_member(r, width, seeds[0], task)[1] for r in recipes]
 
     def make_members(idx: list[int]) -> list[nn.Module]:
-        models = []
-        for i in idx:
-            m, t = build_member(recipe, width, seeds[i], task)
-            models.append(m)
-            if not tables:
-                tables.append(t)
-        return models
+        return [build_member(recipes[i // S], width, member_seeds[i], task)[0] for i in idx]
 
-    make_members([0])
-    lr_scales = tables[0].lr_scales()
-    all_batches = Batches(recipe, task, seeds, device)
+    def hparams(idx: list[int]) -> dict:
+        return {"lr_scales": [tables[i // S].lr_scales() for i in idx], "optim": [recipes[i // S].optim for i in idx],
+                "eps_scales": [tables[i // S].eps_scales() for i in idx]}
+
+    all_batches = Batches(recipe, task, member_seeds, device)
     if ckpt is not None:
         record = ckpt["record"]
     else:
         group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
         if mode not in compiled.MODES:
             raise RecipeError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
-        pinned = None if group == "auto" else _group_sizes(group, len(seeds))
-        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned,
+        pinned = None if group == "auto" else _group_sizes(group, len(member_seeds))
+        record = probe_strategy(make_members, hparams, recipe, all_batches, device, pinned=pinned,
                                 compile_mode=mode, job_steps=total)
     all_batches.close()
-    record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
+    record["group_size"] = k = _group_sizes(record["strategy"], len(member_seeds))
     record["batch_size"] = all_batches.B  # the batch size used (data.batch_size clamped to the training set)
-    groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
+    groups = [list(range(i, min(i + k, len(member_seeds)))) for i in range(0, len(member_seeds), k)]
     done: list[MemberResults] = [MemberResults.from_plain(d) for d in ckpt["done"]] if ckpt is not None else []
     autocast = _autocast_dtype(recipe, device)
     desc = label or f"width {width}"
@@ -452,15 +490,17 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     if record.get("threads"):
         torch.set_num_threads(record["threads"])
     try:
-        _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})", on_eval,
-                      stop_at)
+        _train_groups(recipe, task, member_seeds, groups, done, ckpt, ckpt_path, record, make_members, hparams,
+                      device, autocast, total, evals, f"{desc} ({len(member_seeds)} members, {record['strategy']})",
+                      on_eval, stop_at)
     finally:
         torch.set_num_threads(threads_before)
-    return MemberResults.concat(done), record, tables[0]
+    joined = MemberResults.concat(done)
+    return [joined.take(slice(p * S, (p + 1) * S), [eval_lr(t, r.optim, total) for t in joined.steps])
+            for p, r in enumerate(recipes)], record, tables
 
 
-def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
+def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, hparams, device,
                   autocast, total, evals, desc, on_eval=None, stop_at=None) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
     snaps = snapshots.snapshot_steps(recipe, total)  # each is checkpointed at once: a killed job keeps it
@@ -468,9 +508,9 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
-            ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
+            ens = Ensemble(make_members(group), loss=recipe.train.loss, device=device, autocast_dtype=autocast,
                            noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds],
-                           channels_last=record.get("channels_last", False))
+                           channels_last=record.get("channels_last", False), **hparams(group))
             if record.get("compile"):
                 compiled.enable(ens)
             res = MemberResults(seeds=gseeds)
@@ -495,7 +535,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 if step in evals and (not res.steps or res.steps[-1] != step):
                     outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
                     res.steps.append(step)
-                    res.lr.append(lr_at(step, recipe.optim, total) if step < total else 0.0)
+                    res.lr.append(eval_lr(step, recipe.optim, total))
                     denom = max(n_since, 1)
                     res.train_loss.append((loss_sum / denom).cpu().numpy() if n_since else tl * math.nan)
                     res.train_acc.append((acc_sum / denom).cpu().numpy() if n_since else tl * math.nan)
@@ -515,7 +555,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})
                 x, y = batches(step)
-                losses, correct = ens.step(x, y, lr_at(step, recipe.optim, total))
+                losses, correct = ens.step(x, y, ens.member_lrs(step, total))
                 loss_sum += losses
                 acc_sum += correct
                 n_since += 1

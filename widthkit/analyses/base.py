@@ -118,6 +118,7 @@ class Analysis:
     Result: ClassVar[type[Result]]
     needs: ClassVar[str] = "run"
     in_study: ClassVar[bool] = True     # `widthkit study` runs it unless [study] skip names it
+    per_run: ClassVar[bool] = False     # reads every grid point at once: runs once per run, into the first point's folder
     order: ClassVar[int] = 100          # place in `list_analyses()`, so in the study, report and CLI help
     smoke: ClassVar[dict] = {}          # options that run it in seconds on a tiny run (the contract test uses them)
 

@@ -38,7 +38,9 @@ def _subjects(a: Analysis, args) -> list[Subject]:
     from ..errors import WidthkitError
     from ..store import open_run, point_folder
     run = open_run(args.run)
-    if args.point is not None:
+    if a.per_run:  # it reads every point: once, into the first point's folder
+        views = [run.select(0)]
+    elif args.point is not None:
         views = [run.select(int(args.point) if str(args.point).isdigit() else args.point)]
     else:
         views = [run.select(i) for i in range(len(run.points))]

@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
                        help="local: run the jobs as local processes through submitit (to try a setup)")
     p.add_argument("--strategy", default=None, help="override the ensemble strategy: vectorized, loop, chunk:N")
     p.add_argument("--seeds-per-job", type=int, default=None, help="split each width's seeds into jobs of N")
+    p.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="train every grid point of a learning-rate/weight-decay/scale sweep as its own job")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -78,7 +80,7 @@ def run(args) -> int:
         options.update(address=args.address)
     executor = get_executor(args.executor, **options)  # None values: the executor's defaults
     run_ = train_ladder(args.recipe, out, overrides=args.overrides, resume=args.resume, executor=executor,
-                        strategy=args.strategy, seeds_per_job=args.seeds_per_job)
+                        strategy=args.strategy, seeds_per_job=args.seeds_per_job, pack=args.pack)
     views = [run_.select(i) for i in range(len(run_.points))]
     if args.json:
         from ..results import to_jsonable

@@ -46,7 +46,7 @@ def coord_check(recipe, *, widths, steps: int, seed: int, batch: int) -> ParamCo
     rms: dict[str, list[float]] = {}
     for w in widths:
         model, table = build_member(recipe, w, seed, task)
-        ens = Ensemble([model], table.lr_scales(), recipe.optim, recipe.train.loss)
+        ens = Ensemble([model], table.lr_scales(), recipe.optim, recipe.train.loss, eps_scales=table.eps_scales())
         batches = Batches(recipe, task, [seed], ens.device)
         for t in range(steps):
             x, y = batches(t)

@@ -238,6 +238,17 @@ class MemberResults:
             d["state"] = {k: v.numpy() for k, v in d["state"].items()}
         return MemberResults(**d)
 
+    def take(self, members: slice, lr: list[float]) -> "MemberResults":
+        """The results of ``members`` (a slice of the member axis), whose lr at each eval step is ``lr``."""
+        out = MemberResults(seeds=self.seeds[members], steps=self.steps, lr=lr)
+        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
+            setattr(out, name, [v[members] for v in getattr(self, name)])
+        out.diverged_step, out.diverged_reason = self.diverged_step[members], self.diverged_reason[members]
+        out.state = {k: v[members] for k, v in self.state.items()}
+        out.snapshot_steps = self.snapshot_steps
+        out.snapshots = [{k: v[members] for k, v in snap.items()} for snap in self.snapshots]
+        return out
+
 
 def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
     """Set ``res.diverged_step`` / ``diverged_reason`` [E] from the engine's NaN/inf steps and the recorded curves.
@@ -270,18 +281,6 @@ def mark_diverged(res: MemberResults, recipe: Recipe, task: Task) -> None:
         if chance and stuck[e]:
             step[e], reason[e] = res.steps[-1], "chance"
     res.diverged_step, res.diverged_reason = step, reason
-
-
-    def take(self, members: slice, lr: list[float]) -> "MemberResults":
-        """The results of ``members`` (a slice of the member axis), whose lr at each eval step is ``lr``."""
-        out = MemberResults(seeds=self.seeds[members], steps=self.steps, lr=lr)
-        for name in ("train_loss", "train_acc", "test_loss", "test_acc", "logits"):
-            setattr(out, name, [v[members] for v in getattr(self, name)])
-        out.diverged_step, out.diverged_reason = self.diverged_step[members], self.diverged_reason[members]
-        out.state = {k: v[members] for k, v in self.state.items()}
-        out.snapshot_steps = self.snapshot_steps
-        out.snapshots = [{k: v[members] for k, v in snap.items()} for snap in self.snapshots]
-        return out
 
 
 def eval_lr(step: int, optim, total: int) -> float:

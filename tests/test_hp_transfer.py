@@ -67,7 +67,7 @@ def sweep(tmp_path_factory):
 
 
 def test_hp_transfer_end_to_end_on_a_packed_sp_mup_sweep(sweep, tmp_path):
-    assert len(sweep.points) == 8 and len({r["strategy"]["group_size"] for r in sweep.index["jobs"].values()}) == 1
+    assert len(sweep.points) == 8 and len(sweep.index["jobs"]) == 16
     assert all(len(r["packed"]) == 4 for r in sweep.index["jobs"].values())  # lr x seeds: one job per width x kind
     res = analyze("hp-transfer", sweep, tmp_path / "out", bootstrap=20)
     assert isinstance(res, HpTransferResult) and res.values == SWEEP["optim"]["lr"] and res.widths == [8, 32]
@@ -80,7 +80,7 @@ def test_hp_transfer_end_to_end_on_a_packed_sp_mup_sweep(sweep, tmp_path):
         want = sweep.select(key).metrics(32)["train_loss"][:, -1].mean()
         assert p.curves[1].mean[2] == pytest.approx(want)
     sp, mup = res.panels
-    assert sp.optimum[8] == pytest.approx(mup.optimum[8])  # muP equals SP at the base width
+    assert sp.optimum[8] == pytest.approx(mup.optimum[8], rel=1e-3)  # muP equals SP at the base width
     saved = json.loads((tmp_path / "out" / "hp_transfer.json").read_text())
     assert set(saved["panels"][0]["optimum"]) == {"8", "32"} and "drift" in saved["panels"][1]
     assert HpTransferResult.load(tmp_path / "out" / "hp_transfer.json") == res

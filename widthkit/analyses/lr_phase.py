@@ -150,7 +150,7 @@ class LRPhase(Analysis):
              for w in pw]))
         if any(w.boundaries for w in pw):
             b.tables.append(Table(
-                f"Bisected boundaries per width and seed: bracket [lo, hi] in units of 1/λ0 (λ0 on {n}), "
+                f"Bisected boundaries per width and seed: the bracket lo to hi in units of 1/λ0 (λ0 on {n}), "
                 "and the extra training runs it cost",
                 ["width", "seed", "λ0", "boundary", "lo", "hi", "estimate", "runs", "note"],
                 [[str(w.width), str(x.seed), fmt.num(x.lambda0, 4), x.name, fmt.num(x.lo), fmt.num(x.hi),

@@ -1,0 +1,117 @@
+"""Neuron vs group on layers with a known answer, lucid's cell labels, and icons at the input's resolution."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import atlases
+
+
+def layer_with(kind, n=1500, classes=10, dim=64, seed=0):
+    """Features of a layer whose class information is spread over random directions, or held by one
+    selective neuron per class (neurons 0..classes-1)."""
+    g = np.random.default_rng(seed)
+    y = g.integers(0, classes, n)
+    onehot = np.eye(classes)[y]
+    x = g.normal(size=(n, dim))
+    if kind == "spread":
+        rot = np.linalg.qr(g.normal(size=(dim, dim)))[0][:classes]   # orthonormal random directions
+        x += 3 * np.sqrt(dim / classes) * onehot @ rot
+    else:
+        x[:, :classes] += 4 * onehot
+    return x.astype(np.float32), y
+
+
+def test_groups_beat_single_neurons_only_when_the_information_is_spread():
+    x, y = layer_with("spread")
+    spread = atlases.neuron_vs_group(x[:1000], y[:1000], x[1000:], y[1000:], k=10)
+    assert spread.group_acc > 0.95 and spread.best_neuron_acc < spread.group_acc - 0.5
+    assert spread.topk_acc < spread.group_acc  # 10 random neurons do not hold the 10 class directions
+    x, y = layer_with("selective")
+    sel = atlases.neuron_vs_group(x[:1000], y[:1000], x[1000:], y[1000:], k=10)
+    assert sorted(sel.top_neurons) == list(range(10))  # selectivity finds exactly the selective neurons
+    assert abs(sel.topk_acc - sel.group_acc) < 0.02 and sel.group_acc > 0.9
+    assert sel.best_neuron_acc < 0.3  # one neuron tells one class of ten
+
+
+def test_selectivity_is_the_one_feature_discriminant():
+    g = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 50)
+    x = g.normal(size=(150, 2))
+    x[:, 1] += 5 * y  # neuron 1 separates the three classes, neuron 0 is noise
+    acc = atlases.selectivity(x, y)
+    assert acc[1] > 0.95 and acc[0] < 0.6
+    # independent: sklearn's LDA on that one feature (equal-variance Gaussian classes, fitted priors)
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    lda = LinearDiscriminantAnalysis().fit(x[:, :1], y)
+    assert abs(acc[0] - lda.score(x[:, :1], y)) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def net():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 64, generator=g)
+    y = torch.randint(0, 10, (300,), generator=g)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 10)).eval(), x, y
+
+
+def cells_of(net, layer, tmp_path):
+    model, x, y = net
+    acts = atlases.collect(model, layer, (x, y), out=tmp_path / f"{layer}.h5")
+    coords = np.random.default_rng(0).random((acts.n, 2))  # any layout: the labels must hold per cell
+    return model, x, y, acts, atlases.layout(acts, grid=4, coords=coords)
+
+
+def test_penultimate_label_is_the_head_of_the_cell_mean(net, tmp_path):
+    model, x, y, acts, lay = cells_of(net, "3", tmp_path)
+    effect, grad = atlases.logit_effects(model, "3", (x, y), acts, lay, batch_size=64)
+    with torch.no_grad():
+        head = model[4](torch.as_tensor(lay.means)).numpy()
+    np.testing.assert_allclose(effect, head, atol=1e-4)
+    lay.effect = effect
+    np.testing.assert_array_equal(lay.labels, head.argmax(1))
+    np.testing.assert_allclose(grad, model[4].weight.detach().numpy(), atol=1e-5)  # d logits / d a = W
+
+
+def test_earlier_layer_label_is_the_linear_approximation(net, tmp_path):
+    model, x, y, acts, lay = cells_of(net, "1", tmp_path)
+    effect, _ = atlases.logit_effects(model, "1", (x, y), acts, lay)
+    rest = model[2:]
+    a = torch.as_tensor(acts.vectors())
+    k = int(np.argmax(lay.counts))  # the fullest cell, by an independent Jacobian per member
+    flat = lay.cells[k, 1] * lay.grid + lay.cells[k, 0]
+    members = np.flatnonzero(lay.cell_of == flat)
+    m = torch.as_tensor(lay.means[k])
+    want = np.mean([(rest(a[i]) + torch.autograd.functional.jacobian(rest, a[i]) @ (m - a[i])).detach().numpy()
+                    for i in members], 0)
+    np.testing.assert_allclose(effect[k], want, atol=1e-4)
+
+
+def test_low_res_icons_are_nearest_upsampled_and_examples_are_cell_means(net, tmp_path):
+    model, x, y, acts, lay = cells_of(net, "1", tmp_path)
+    icons = atlases.render_icons(model, "1", lay, size=32, steps=3, acts=acts)
+    assert icons.shape == (lay.n_cells, 32, 32, 1)
+    blocks = icons.reshape(lay.n_cells, 8, 4, 8, 4)
+    assert np.all(blocks == blocks[:, :, :1, :, :1])  # every 4x4 block is one input pixel: no invented detail
+    ex = atlases.render_icons(model, "1", lay, size=8, icons="examples", acts=acts)
+    flat = lay.cells[0, 1] * lay.grid + lay.cells[0, 0]
+    want = x[lay.cell_of == flat].mean(0).numpy()
+    lo, hi = float(x.min()), float(x.max())
+    np.testing.assert_allclose(ex[0, :, :, 0].ravel(), (want - lo) / (hi - lo), atol=2e-3)  # float16 storage
+
+
+def test_one_d_signals_are_drawn_as_lines(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 40, generator=g)
+    y = torch.randint(0, 3, (120,), generator=g)
+    model = nn.Sequential(nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    r = atlases.make_atlas(model, "1", (x, y), tmp_path, grid=2, min_count=1, n_neighbors=5, pca=None,
+                           size=40, steps=3, neurons=2)
+    lay = atlases.load_layout(r.layout_h5)
+    assert lay.labels is not None and len(r.neurons) == 2
+    pics = atlases.render_icons(model, "1", lay, size=40, steps=2)
+    assert pics.shape == (lay.n_cells, 40, 40, 3)
+    ink = (pics < 0.9).any(-1)                            # the line's pixels
+    cols = ink.any(1)                                     # [K, 40]: the line crosses every column once
+    assert cols[:, 2:-2].all() and ink.sum((1, 2)).max() < 40 * 12

@@ -23,11 +23,11 @@ from torch import nn
 from widthkit.errors import WidthkitError
 from widthkit.progress import bar
 
-from .data import guess_image_shape, iter_batches
+from .data import guess_image_shape, is_signal, iter_batches
 from .hooks import capture, get_layer, positions
 
 THUMB = 32  # thumbnails kept per input for the viewer are at most THUMB x THUMB
-MAX_SIGNAL = 4096  # 1-D inputs of at most this length are kept whole (viewer thumbnails, icon prior)
+MAX_SIGNAL = 4096  # 1-D signals of at most this length are kept whole (viewer thumbnails, icon prior)
 
 
 @dataclasses.dataclass
@@ -217,7 +217,7 @@ def collect(model: nn.Module, layer: str, data, *, max_vectors: int = 100_000,
                         c, hh, ww = img_shape
                         writers["thumbs"] = _Writer(f, "thumbs", (c, min(hh, THUMB), min(ww, THUMB)),
                                                     np.float16, 256)
-                    elif len(in_shape) == 1 and in_shape[0] <= MAX_SIGNAL and keep_thumbs:
+                    elif is_signal(in_shape) and in_shape[-1] <= MAX_SIGNAL and keep_thumbs:
                         writers["thumbs"] = _Writer(f, "thumbs", in_shape, np.float16, 256)
                 writers["vectors"].append(vec[:take].numpy().astype(np.float32))
                 writers["input_index"].append(inp.numpy())

@@ -38,6 +38,7 @@ from widthkit.errors import WidthkitError
 from widthkit.progress import bar
 
 from .compose import pictures
+from .data import guess_image_shape, is_signal
 from .hooks import capture, positions
 
 LOWRES = 16  # inputs at most this many pixels a side (and 1-D signals) are rendered at their own resolution
@@ -129,13 +130,13 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
     dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
     input_shape = tuple(int(s) for s in input_shape)
     if image_shape is None or len(image_shape) != 3:
-        from .data import guess_image_shape
         image_shape = guess_image_shape(input_shape)
     if native is None:
-        native = max(image_shape[1:]) <= LOWRES if image_shape else len(input_shape) == 1
-    if image_shape is None and not (native and len(input_shape) == 1):
-        raise WidthkitError(f"model inputs of shape {input_shape} are not images; pass image_shape=(C, H, W)")
-    c, h, w = (int(v) for v in image_shape) if image_shape else (1, 1, input_shape[0])
+        native = max(image_shape[1:]) <= LOWRES if image_shape else is_signal(input_shape)
+    if image_shape is None and not (native and is_signal(input_shape)):
+        raise WidthkitError(f"model inputs of shape {input_shape} are neither images nor 1-D signals; "
+                            "pass image_shape=(C, H, W)")
+    c, h, w = (int(v) for v in image_shape) if image_shape else (1, 1, input_shape[-1])
     if c not in (1, 3):
         raise WidthkitError(f"icons need 1- or 3-channel inputs, the model takes {c} channels")
     lo, hi = (np.zeros(c), np.ones(c)) if input_range is None else input_range

@@ -103,14 +103,15 @@ def test_low_res_icons_are_nearest_upsampled_and_examples_are_cell_means(net, tm
 
 def test_one_d_signals_are_drawn_as_lines(tmp_path):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 40, generator=g)
+    x = torch.randn(120, 1, 40, generator=g)  # mnist1d's shape: one channel of 40 samples
     y = torch.randint(0, 3, (120,), generator=g)
-    model = nn.Sequential(nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    r = atlases.make_atlas(model, "1", (x, y), tmp_path, grid=2, min_count=1, n_neighbors=5, pca=None,
+    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    r = atlases.make_atlas(model, "2", (x, y), tmp_path, grid=2, min_count=1, n_neighbors=5, pca=None,
                            size=40, steps=3, neurons=2)
     lay = atlases.load_layout(r.layout_h5)
     assert lay.labels is not None and len(r.neurons) == 2
-    pics = atlases.render_icons(model, "1", lay, size=40, steps=2)
+    assert atlases.load_activations(r.activations).thumbs(np.arange(3)).shape == (3, 32, 32, 3)  # viewer lines
+    pics = atlases.render_icons(model, "2", lay, size=40, steps=2)
     assert pics.shape == (lay.n_cells, 40, 40, 3)
     ink = (pics < 0.9).any(-1)                            # the line's pixels
     cols = ink.any(1)                                     # [K, 40]: the line crosses every column once

@@ -19,6 +19,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
+from atlases.data import is_signal
 from atlases.hooks import PENULTIMATE, extract_features, resolve_layer
 
 from .. import fmt
@@ -35,10 +36,12 @@ KINDS = ("best single neuron", "top-k neurons", "k PCA directions")
 
 
 def atlas_applies(recipe: Recipe) -> str:
-    """Why atlases do not apply to ``recipe``'s task (``""`` if they do)."""
+    """Why atlases do not apply to ``recipe``'s task (``""`` if they do): it must classify images or
+    1-D signals (mnist1d)."""
     task = load_recipe_task(recipe)
-    if task.name not in IMAGE_TASKS or task.kind != "classification":
-        return f"task '{task.name}' is not an image classification task ({', '.join(IMAGE_TASKS)})"
+    if (task.name not in IMAGE_TASKS and not is_signal(task.in_shape)) or task.kind != "classification":
+        return (f"task '{task.name}' does not classify images ({', '.join(IMAGE_TASKS)}) or 1-D signals "
+                "(mnist1d)")
     return ""
 
 

@@ -128,11 +128,10 @@ def plot_neurons_vs_groups(shown: list[MemberAtlas], folder: Path, path: Path) -
     for j, m in enumerate(shown):
         top, bottom = axes[0][j], axes[1][j]
         top.imshow(mpimg.imread(Path(folder) / m.folder / "neurons.png"), interpolation="nearest")
-        top.set_title(f"width {m.width}: the {len(m.neurons)} most class-selective neurons (n<index>:<class>)",
-                      fontsize=9)
+        top.set_title(f"width {m.width}, {m.layer}: the {len(m.neurons)} most class-selective single neurons\n"
+                      "(caption n<index>:<class it pushes up most>)", fontsize=9)
         bottom.imshow(mpimg.imread(Path(folder) / m.folder / "atlas.png"), interpolation="nearest")
-        bottom.set_title(f"width {m.width}: atlas of groups ({m.n_cells} cells, label = class pushed up most)",
-                         fontsize=9)
+        bottom.set_title(f"atlas of groups: {m.n_cells} cells (corner: class pushed up most)", fontsize=9)
         top.axis("off")
         bottom.axis("off")
     return save(fig, path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -101,6 +102,27 @@ def load_layout(path: str | Path) -> Layout:
                       meta=json.loads(f.attrs.get("meta", "{}")), effect=get("effect"))
 
 
+def _import_umap():
+    """``umap``, with its numba functions cached on disk across processes (``NUMBA_CACHE_DIR``, default
+    ``~/.cache/widthkit/numba``): otherwise every fresh process compiles them again (about 30 s of the first
+    layout on a busy 2-core CPU, 2 s once cached).  umap marks few functions ``cache=True``; the others get
+    caching switched on here, before their first compilation."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "widthkit" / "numba"
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache))  # read when numba is first imported
+    import umap  # slow import (numba); only when laying out
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+    from umap import distances, layouts, sparse, spectral, umap_, utils
+    for module in (distances, layouts, sparse, spectral, umap_, utils):
+        for fn in vars(module).values():
+            if isinstance(fn, Dispatcher) and not fn.signatures and isinstance(fn._cache, NullCache):
+                try:
+                    fn.enable_caching()
+                except (RuntimeError, OSError):  # no writable cache directory: compile as usual
+                    return umap
+    return umap
+
+
 def embed(acts: Activations, *, n_neighbors: int = 20, min_dist: float = 0.01, metric: str = "cosine",
           pca: int | None = 50, fit_max: int = 20_000, seed: int = 0, index: np.ndarray | None = None,
           chunk: int = 16384) -> np.ndarray:
@@ -109,7 +131,7 @@ def embed(acts: Activations, *, n_neighbors: int = 20, min_dist: float = 0.01, m
     When every vector is in the fit, neighbours are found exactly (sklearn, brute force);
     otherwise UMAP's own approximate index is built so ``transform`` can place the rest.
     """
-    import umap  # slow import (numba); only when laying out
+    umap = _import_umap()
     from sklearn.decomposition import PCA
 
     n = acts.n if index is None else len(index)

@@ -21,6 +21,7 @@ Writes the tables under "## Ensemble engine" in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -43,8 +44,20 @@ from widthkit.trainer import (Batches, _group_sizes, eval_steps, probe_strategy,
                               train_members)
 
 HEADING = "## Ensemble engine"
+GPU_HEADING = "## Ensemble engine on GPU"
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"
 DEFAULT_THREADS = torch.get_num_threads()
+DEVICE = torch.device("cpu")
+AUTOCAST: torch.dtype | None = None  # --bf16: both ways run under torch.autocast(bfloat16)
+
+
+def _autocast():
+    return torch.autocast(DEVICE.type, dtype=AUTOCAST) if AUTOCAST else contextlib.nullcontext()
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_recipe(family: str, members: int, steps: int | None = None):
@@ -73,7 +86,9 @@ class Plain:
                 g["lr"] = lr * g["scale"]
             m.train()
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(xi), yi).backward()
+            with _autocast():
+                out = m(xi)
+            F.cross_entropy(out.float(), yi).backward()
             opt.step()
 
 
@@ -83,7 +98,8 @@ class Ours:
     def __init__(self, models, scales, recipe, record):
         k = _group_sizes(record["strategy"], len(models))
         self.groups = [list(range(i, min(i + k, len(models)))) for i in range(0, len(models), k)]
-        self.ens = [Ensemble([models[i] for i in g], scales, recipe.optim, recipe.train.loss) for g in self.groups]
+        self.ens = [Ensemble([models[i] for i in g], scales, recipe.optim, recipe.train.loss, DEVICE, AUTOCAST,
+                             channels_last=record.get("channels_last", False)) for g in self.groups]
         self.threads = record.get("threads", DEFAULT_THREADS)
 
     def step(self, x, y, lr):
@@ -94,15 +110,15 @@ class Ours:
 def setup(recipe, width, task):
     seeds = recipe.train.seeds
     built = [build_member(recipe, width, s, task) for s in seeds]
-    models = [m for m, _ in built]
+    models = [m.to(DEVICE) for m, _ in built]
     scales = built[0][1].lr_scales()
-    batches = Batches(recipe, task, seeds, torch.device("cpu"))
+    batches = Batches(recipe, task, seeds, DEVICE)
     return models, scales, batches
 
 
 def choose(recipe, width, task, models, scales, batches) -> dict:
     return probe_strategy(lambda idx: [copy.deepcopy(models[i]) for i in idx], scales, recipe, batches,
-                          torch.device("cpu"))
+                          DEVICE)
 
 
 def time_steps(way, batches, steps: int, threads: int, start: int = 0) -> float:
@@ -110,10 +126,12 @@ def time_steps(way, batches, steps: int, threads: int, start: int = 0) -> float:
     try:
         x, y = batches(start)
         way.step(x, y, 1e-3)  # warm-up
+        _sync()
         t0 = time.perf_counter()
         for s in range(start + 1, start + 1 + steps):
             x, y = batches(s)
             way.step(x, y, 1e-3)
+        _sync()
         return (time.perf_counter() - t0) / steps
     finally:
         torch.set_num_threads(DEFAULT_THREADS)
@@ -128,20 +146,25 @@ def step_rows(family, widths, members, steps, rounds) -> list[dict]:
         record = choose(recipe, w, task, models, scales, batches)
         ours = Ours([copy.deepcopy(m) for m in models], scales, recipe, record)
         plain = Plain([copy.deepcopy(m) for m in models], scales, recipe)
-        t = {"ours": [], "plain": [], "plain1": []}
+        single = Plain([copy.deepcopy(models[0])], scales, recipe)  # one model: E x its step is the ideal
+        t = {"ours": [], "plain": [], "plain1": [], "single": []}
         for r in range(rounds):  # interleaved, so load changes hit both alike
             t["ours"].append(time_steps(ours, batches, steps, ours.threads, r * (steps + 1)))
             t["plain"].append(time_steps(plain, batches, steps, DEFAULT_THREADS, r * (steps + 1)))
-            t["plain1"].append(time_steps(plain, batches, steps, 1, r * (steps + 1)))
+            t["plain1"].append(time_steps(plain, batches, steps, 1, r * (steps + 1)) if DEVICE.type == "cpu"
+                               else t["plain"][-1])  # CPU threads do not matter on a GPU
+            t["single"].append(time_steps(single, batches, steps, DEFAULT_THREADS, r * (steps + 1)))
         med = {k: statistics.median(v) for k, v in t.items()}
         row = {"family": family, "width": w, "members": members, "strategy": record["strategy"],
+               "channels_last": record.get("channels_last", False),
                "threads": record.get("threads"), "ours_ms": 1e3 * med["ours"], "plain_ms": 1e3 * med["plain"],
                "plain1_ms": 1e3 * med["plain1"], "speedup": med["plain"] / med["ours"],
                "speedup_best_plain": min(med["plain"], med["plain1"]) / med["ours"],
-               "throughput": batches.B * members / med["ours"]}
+               "throughput": batches.B * members / med["ours"], "vs_single": med["ours"] / (members * med["single"])}
         print(f"{family} width {w:5d}: ours {row['ours_ms']:8.2f} ms ({row['strategy']}, {row['threads']} thr) | "
               f"plain {row['plain_ms']:8.2f} ms, 1 thread {row['plain1_ms']:8.2f} ms | "
-              f"x{row['speedup']:.1f} (x{row['speedup_best_plain']:.1f} vs best plain)", flush=True)
+              f"x{row['speedup']:.1f} (x{row['speedup_best_plain']:.1f} vs best plain) | ours / (E x single) "
+              f"{row['vs_single']:.2f}", flush=True)
         rows.append(row)
     return rows
 
@@ -154,16 +177,20 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_memory(family, width, members, way, strategy, threads) -> float:
+def measure_memory(family, width, members, way, strategy, threads, channels_last) -> float:
     """(In a fresh process.)  Peak RSS in MiB above the process before the models were built."""
     recipe = bench_recipe(family, members)
     task = load_recipe_task(recipe)
     Batches(recipe, task, recipe.train.seeds, torch.device("cpu"))(0)
+    tiny = torch.nn.Linear(2, 2)  # torch.optim's first step imports ~140 MiB of modules (sympy...): not the loop's
+    warm = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    tiny(torch.zeros(1, 2)).sum().backward()
+    warm.step()
     open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
     base = _rss_kb("VmRSS")
     models, scales, batches = setup(recipe, width, task)
     runner = Plain(models, scales, recipe) if way == "plain" else \
-        Ours(models, scales, recipe, {"strategy": strategy, "threads": threads})
+        Ours(models, scales, recipe, {"strategy": strategy, "threads": threads, "channels_last": channels_last})
     time_steps(runner, batches, 3, threads)
     return (_rss_kb("VmHWM") - base) / 1024
 
@@ -174,7 +201,8 @@ def memory_rows(step_results) -> list[dict]:
         peak = {}
         for way in ("ours", "plain"):
             out = subprocess.run([sys.executable, __file__, "--_memory", json.dumps(
-                [r["family"], r["width"], r["members"], way, r["strategy"], r["threads"] or DEFAULT_THREADS])],
+                [r["family"], r["width"], r["members"], way, r["strategy"], r["threads"] or DEFAULT_THREADS,
+                 r["channels_last"]])],
                 capture_output=True, text=True, check=True)
             peak[way] = float(out.stdout.strip().splitlines()[-1])
         rows.append({"family": r["family"], "width": r["width"], "strategy": r["strategy"],
@@ -224,17 +252,21 @@ def ladder_rows(steps: int | None) -> list[dict]:
 
 # -------------------------------------------------------------------------- main
 def markdown(args, steps, mem, ladder) -> str:
-    out = [f"`python bench/ensemble_speed.py --members {args.members} --steps {args.steps} --rounds {args.rounds}` "
-           f"({machine()}). Per-step times are medians of {args.rounds} interleaved rounds of {args.steps} steps; "
-           "ours uses the strategy and thread count the trainer's probe picks; \"plain\" is E `nn.Module`s with "
-           f"their own `torch.optim.SGD` at torch's default {DEFAULT_THREADS} threads, \"plain 1t\" the same "
-           "loop single-threaded.", "",
+    flags = f" --device {DEVICE.type}" + (" --bf16" if AUTOCAST else "") if DEVICE.type != "cpu" else ""
+    out = [f"`python bench/ensemble_speed.py --members {args.members} --steps {args.steps} --rounds {args.rounds}"
+           f"{flags}` ({machine()}). Per-step times are medians of {args.rounds} interleaved rounds of {args.steps} "
+           "steps; ours uses the strategy and thread count the trainer's probe picks; \"plain\" is E `nn.Module`s "
+           f"with their own `torch.optim.SGD` at torch's default {DEFAULT_THREADS} threads, \"plain 1t\" the same "
+           "loop single-threaded (CPU only); \"ours / (E x single)\" compares ours with E times one model's step."
+           + (" Both ways run under bf16 autocast." if AUTOCAST else ""), "",
            "| model | width | strategy (threads) | ours ms/step | plain ms/step | plain 1t ms/step | "
-           "speed-up vs plain | vs best plain | samples x members / s |", "|---|---|---|---|---|---|---|---|---|"]
+           "speed-up vs plain | vs best plain | ours / (E x single) | samples x members / s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in steps:
-        out.append(f"| {r['family']} | {r['width']} | {r['strategy']} ({r['threads']}) | {r['ours_ms']:.2f} | "
+        layout = ", NHWC" if r["channels_last"] else ""
+        out.append(f"| {r['family']} | {r['width']} | {r['strategy']}{layout} ({r['threads']}) | {r['ours_ms']:.2f} | "
                    f"{r['plain_ms']:.2f} | {r['plain1_ms']:.2f} | **{r['speedup']:.1f}x** | "
-                   f"{r['speedup_best_plain']:.1f}x | {r['throughput']:,.0f} |")
+                   f"{r['speedup_best_plain']:.1f}x | {r['vs_single']:.2f} | {r['throughput']:,.0f} |")
     if mem:
         out += ["", "Peak memory (RSS high-water mark above the process before the models were built: parameters, "
                 "optimizer state, activations), one fresh process per cell:", "",
@@ -270,8 +302,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on cuda: step times only)")
+    ap.add_argument("--bf16", action="store_true", help="both ways under bfloat16 autocast (GPU)")
     ap.add_argument("--_memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    global DEVICE, AUTOCAST
+    DEVICE, AUTOCAST = torch.device(a.device), torch.bfloat16 if a.bf16 else None
+    if DEVICE.type != "cpu":
+        a.no_memory = a.no_ladder = True  # RSS and the CPU ladder say nothing about a GPU
     if a._memory:
         print(measure_memory(*json.loads(a._memory)))
         return 0
@@ -283,7 +321,7 @@ def main(argv=None) -> int:
     text = markdown(a, steps, mem, ladder)
     print("\n" + text)
     if not a.no_write:
-        update_results(HEADING, text)
+        update_results(HEADING if DEVICE.type == "cpu" else GPU_HEADING, text)
     return 0
 
 

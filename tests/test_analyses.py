@@ -24,7 +24,8 @@ from widthkit.store import open_run
 
 from test_ensemble_bias import tiny_run_path as _train_tiny  # a 4-width, 3-seed digits ladder, trained once
 
-EXPECTED = {"ensemble-bias", "transfer", "atlas", "atlas-width", "lr-phase", "subspace", "ntk-scaling", "coord-check"}
+EXPECTED = {"ensemble-bias", "transfer", "atlas", "atlas-width", "lr-phase", "subspace", "ntk-scaling", "coord-check",
+            "consistency", "hessian"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,15 @@ def test_contract_round_trip(name, tiny_run_path, tmp_path, capsys):
     text = "".join(page.parts)
     for b in blocks:
         assert f'id="{b.id}"' in text and all(html.escape(line) in text for line in b.lines)
+    # the notebook view: the loaded result's readings and tables as HTML, its figures as matplotlib Figures
+    from matplotlib.figure import Figure as MplFigure
+    shown = again._repr_html_()
+    assert all(html.escape(line) in shown for b in blocks for line in b.lines)
+    assert all(html.escape(t.caption) in shown for b in blocks for t in b.tables)
+    figs = again.plot()
+    assert all(isinstance(f, MplFigure) for f in figs)
+    assert len(figs) >= len({f.path for b in blocks for f in b.figures} & {Path(p) for p in files})
+    assert figs._repr_html_().count("<img") == len(figs)
 
 
 def test_one_name_per_option():

@@ -1,6 +1,7 @@
 """Tests for widthkit.data: every dataset offline, external ones from tiny files written in the true format."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -398,3 +399,37 @@ def test_imagefolder_split_and_resize(tmp_path):
     _write_pngs(tmp_path / "tt" / "test", colors, per_class=1)
     tt = load_task("imagefolder:2,0", root=str(tmp_path / "tt"), size=4)
     assert tt.x_train.shape[0] == 4 and tt.x_test.shape[0] == 2 and tt.class_names == ["red", "blue"]
+
+
+def test_mnist1d_batched_transform_matches_package_transform():
+    """Fed the draws mnist1d's transform makes (replayed from its numpy stream), the batched transform gives
+    the same signals; its own draws follow the same distributions."""
+    from mnist1d.data import get_dataset_args, get_templates
+    from mnist1d.transform import transform
+    from widthkit.data.mnist1d_batch import Mnist1dDraws, Mnist1dTransform
+    args, templates = get_dataset_args(), get_templates()
+    lo, hi = args.padding
+    n, length = 200, args.template_len + hi
+    labels, draws, refs = np.arange(n) % 10, [], []
+    for i in range(n):
+        np.random.seed(7000 + i)  # replay transform's draws in its order: pad, scale, shift, 2 noises, shear
+        draws.append((lo + int(np.random.rand() * (hi - lo + 1)), np.random.rand(),
+                      np.random.choice(args.max_translation), np.random.randn(length), np.random.randn(length),
+                      np.random.rand()))
+        np.random.seed(7000 + i)
+        refs.append(transform(templates["x"][labels[i]], templates["t"], args)[0])
+    col = lambda j, dtype=torch.float64: torch.tensor(np.array([d[j] for d in draws]), dtype=dtype)  # noqa: E731
+    d = Mnist1dDraws(col(0, torch.long), col(1), col(2, torch.long), col(3), col(4), col(5))
+    assert len(set(d.pad.tolist())) > 10 and len(set(d.shift.tolist())) > 20  # the tables are really exercised
+    ref = np.stack(refs)
+    exact = Mnist1dTransform(args, templates, dtype=torch.float64)(torch.as_tensor(labels), d).numpy()
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-12)
+    d32 = Mnist1dDraws(*(v.float() if v.is_floating_point() else v for v in dataclasses.astuple(d)))
+    fast = Mnist1dTransform(args, templates)(torch.as_tensor(labels), d32)  # the sampler's float32 path
+    assert fast.dtype == torch.float32
+    np.testing.assert_allclose(fast.numpy(), ref, rtol=0, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    own = Mnist1dDraws.sample(20000, args, g)
+    assert own.pad.min() == lo and own.pad.max() == hi and own.shift.min() == 0
+    assert own.shift.max() == args.max_translation - 1
+    assert abs(own.scale_u.mean() - 0.5) < 0.01 and abs(own.corr.std() - 1) < 0.01

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from widthkit.analyses import consistency
 from widthkit.analyses import ensemble_bias as eb
 
 _TINY: dict = {}
@@ -150,7 +151,7 @@ def test_bias_of_narrower_width_and_its_power_law():
     assert res.bias_fit is not None and res.bias_fit.alpha_lo <= 1.0 <= res.bias_fit.alpha_hi
     assert abs(res.bias_fit.alpha - 1.0) < 0.15
     # agreement: identical at step 0 (all members equal their mean... up to the width offset), drifting later
-    ag = res.agreement
+    ag = consistency.output_agreement(run, {p.width: p.seeds for p in res.per_width})
     assert ag.steps == [0, 10]
     assert ag.single_msd[-1][0] == pytest.approx(0.0, abs=1e-12)   # widest vs itself, identical members at step 0
     assert ag.single_msd[0][1] > ag.single_msd[0][0]               # narrow members drift apart from the wide ones
@@ -176,16 +177,33 @@ def test_real_ladder_end_to_end(tiny_run, tmp_path, capsys):
         assert p.single_loss == pytest.approx(float(np.mean(m)), rel=1e-4)
         assert p.ensemble.curve.loss[-1] <= p.single_loss + 1e-9   # averaging logits never hurts on average here
     assert np.isfinite(res.variance_fit.slope)
-    assert res.agreement.steps == [0, 20, 40, 60]
+    agreement = consistency.output_agreement(tiny_run, {w: list(tiny_run.seeds) for w in res.widths})
+    assert agreement.steps == [0, 20, 40, 60]
     # all members start from the same muP-scaled init distribution: agreement grows as training proceeds
-    top1 = np.array(res.agreement.single_top1)
+    top1 = np.array(agreement.single_top1)
     assert np.all((top1 >= 0) & (top1 <= 1))
     from widthkit.cli import main
     out = tmp_path / "eb"
     assert main(["ensemble-bias", str(tiny_run.path), "--out", str(out), "--json", "--subsets", "4"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["widths"] == [8, 16, 32, 64]
-    for name in ("ensemble_loss_vs_width", "ensemble_loss_vs_k", "ensemble_variance", "ensemble_agreement"):
+    for name in ("ensemble_loss_vs_width", "ensemble_loss_vs_k", "ensemble_variance", "ensemble_over_training"):
         assert (out / f"{name}.png").stat().st_size > 1000
     assert main(["ensemble-bias", str(tiny_run.path), "--step", "7"]) == 2
     assert "valid steps: 0, 20, 40, 60" in capsys.readouterr().err
+
+
+def test_headline_numbers_over_training():
+    """Noise that shrinks as N^-1/2 from one step to the next: the variance exponent is -1 at every step, and
+    L_inf(N) at each step is the loss of that step's mean predictor."""
+    rng = np.random.default_rng(5)
+    mu = rng.standard_normal((300, 2))
+    widths = [16, 64, 256]
+    steps = [[_members(rng, mu * t, 8, w) for t in (0.0, 1.0)] for w in widths]
+    run = FakeRun({w: s[0] for w, s in zip(widths, steps)}, mu, loss="mse")
+    run.logits = lambda w, step=None: steps[widths.index(w)][0 if step == 0 else 1]
+    ot = eb.ensemble_bias(run, subsets=16).over_training
+    assert ot.steps == [0, 10] and ot.widths == widths and not ot.log_time
+    assert np.allclose(ot.variance_exponent, -1.0, atol=0.15)
+    assert ot.l_inf[0][0] == pytest.approx(0.5 * np.mean(np.sum(mu ** 2, 1)), rel=0.05)  # step 0: predicts 0
+    assert ot.l_inf[0][1] == pytest.approx(0.0, abs=0.02)                                # step 10: predicts mu

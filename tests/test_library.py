@@ -36,6 +36,13 @@ def test_errors_are_caught_as_builtins_and_stay_one_line(cls, builtin):
     assert str(e.value) == "the problem; the fix"  # no quotes (KeyError), no errno (OSError)
 
 
+def test_every_public_name_resolves_and_errors_are_exported():
+    for name in widthkit.__all__:
+        assert getattr(widthkit, name) is not None, name
+    assert widthkit.RecipeError is RecipeError and widthkit.WidthkitWarning is WidthkitWarning
+    assert widthkit.RunPoint.__module__ == "widthkit.store"
+
+
 def test_unknown_is_an_unknown_name_error():
     e = unknown("model family", "mpl", ["mlp", "cnn"])
     assert isinstance(e, UnknownNameError) and isinstance(e, KeyError)

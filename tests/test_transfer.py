@@ -158,3 +158,36 @@ def test_cli_transfer_and_bench_suite_file(tiny_run, tmp_path, capsys, monkeypat
     assert list(bench["tasks"]) == ["d"] and "cifar-10-batches-py" in bench["errors"]["c"]
     assert (runs / "results" / "transfer_bench.png").exists()
     assert main(["transfer-bench", "nosuch"]) == 2
+
+
+def test_match_steps_picks_the_level_every_width_reaches():
+    curves = {8: ([0, 10, 20], [0.1, 0.6, 0.7]), 16: ([0, 10, 20], [0.1, 0.65, 0.9]), 32: ([0, 5], [0.2, 0.95])}
+    level, steps = T.match_steps(curves)
+    assert level == 0.7 and steps == {8: 20, 16: 10, 32: 5}
+    assert T.match_steps(curves, level=0.15) == (0.15, {8: 0, 16: 0, 32: 0})  # ties go to the earliest step
+
+
+def test_transfer_at_matched_source_accuracy_reads_the_matched_snapshots(tiny_run, tmp_path):
+    from test_ensemble_bias import TINY_RECIPE
+    from widthkit.ladder import train_ladder
+    recipe = TINY_RECIPE.replace("widths = [8, 16, 32, 64]", "widths = [8, 32]").replace(
+        "eval_every = 20", 'eval_every = 10\nsnapshots = "every:10"')
+    run = train_ladder(recipe, tmp_path / "run")
+    res = T.transfer(run, target="digits:5-9", probe="ridge", n_info=200)
+    m = res.matched
+    best = {w: max(np.mean(run.metrics(w)["test_acc"][:, j]) for j in range(7)) for w in (8, 32)}
+    assert m.level == pytest.approx(min(best.values())) and m.rule.startswith("the highest")
+    for p in m.per_width:
+        acc = run.metrics(p.width)["test_acc"][:, list(run.metrics(p.width)["step"]).index(p.step)]
+        assert p.source_acc == pytest.approx(list(acc))
+        others = [abs(np.mean(run.metrics(p.width)["test_acc"][:, j]) - m.level) for j in range(7)]
+        assert abs(p.source_acc_mean - m.level) == pytest.approx(min(others))
+    wide = m.per_width[1]
+    assert wide.step < 60  # the wide net reaches the narrow net's best accuracy before the end
+    at = T.transfer(run, target="digits:5-9", probe="ridge", n_info=200, step=wide.step, matched=False)
+    assert at.per_width[1].target_acc == wide.target_acc and at.per_width[1].recon_r2 == wide.recon_r2
+    reading = " ".join(T.Transfer().blocks(res, tmp_path)[0].lines)
+    assert f"at matched source accuracy {m.level:.1%}" in reading and "per width doubling" in reading
+    # a run without snapshots says why there is no matched comparison
+    plain = T.transfer(tiny_run, target="digits:5-9", probe="ridge", n_info=300, information=False)
+    assert plain.matched is None and "train.snapshots" in plain.matched_note

@@ -18,13 +18,15 @@ _EXPORTS = {
     "Ensemble": "widthkit.engine",
     "train_ladder": "widthkit.ladder", "build_member": "widthkit.build",
     "get_executor": "widthkit.executors", "LocalExecutor": "widthkit.executors", "RayExecutor": "widthkit.executors",
-    "open_run": "widthkit.store", "Run": "widthkit.store",
+    "open_run": "widthkit.store", "Run": "widthkit.store", "RunPoint": "widthkit.store",
     "coord_check": "widthkit.dynamics", "analyze": "widthkit.analyses", "list_analyses": "widthkit.analyses",
     "get_analysis": "widthkit.analyses",
     "ensemble_bias": "widthkit.analyses.ensemble_bias",
     "transfer": "widthkit.analyses.transfer",
     "study": "widthkit.studies", "write_report": "widthkit.report",
-    "WidthkitError": "widthkit.errors",
+    **{name: "widthkit.errors" for name in (
+        "WidthkitError", "WidthkitWarning", "RecipeError", "UnknownNameError", "DataNotFoundError", "DataError",
+        "RunStoreError", "ClusterError", "JobsFailedError", "OptionalDependencyError")},
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

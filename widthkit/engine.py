@@ -111,12 +111,15 @@ class Ensemble:
     maps parameter names to per-parameter learning-rate multipliers.  ``noise_seeds``
     (default ``0..E-1``) name each member's random stream: its dropout masks at step t
     are drawn from a generator seeded with ``derive_seed(noise_seeds[i], t)``.
+    ``channels_last`` stores conv feature maps NHWC on the batched path (``conv_layouts`` lists the
+    layouts worth timing for this architecture).
     """
 
     def __init__(self, members: list[nn.Module], lr_scales: dict[str, float], optim: OptimSpec,
                  loss: str, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                 noise_seeds: list[int] | None = None):
+                 noise_seeds: list[int] | None = None, channels_last: bool = False):
         self.device = torch.device(device)
+        self.channels_last = channels_last  # conv feature maps NHWC in the batched plan
         self.template = copy.deepcopy(members[0]).to("meta")
         self._net, self._dropouts = _member_dropouts(self.template)
         self.noise_seeds = list(range(len(members))) if noise_seeds is None else list(noise_seeds)
@@ -144,7 +147,9 @@ class Ensemble:
         elif optim.name in ("adam", "adamw"):
             self.state["exp_avg"], self.state["exp_avg_sq"] = zeros(), zeros()
         self._plan = _sequential_plan(self.template) if not self.buffers else None
+        self.conv_layouts = [False, True] if any(k == "conv" for k, _ in self._plan or []) else [False]  # NHWC?
         self._vforward = vmap(self._forward_one, in_dims=(0, 0, 0), randomness="error")
+        self._losses = self._forward_losses
 
     # -------------------------------------------------------------- forward
     def _forward_one(self, params, buffers, x):
@@ -156,7 +161,7 @@ class Ensemble:
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
             if self._plan is not None:
-                return _run_plan(self._plan, self.params, x)
+                return _run_plan(self._plan, self.params, x, self.channels_last)
             buffers = {**self.buffers, **self._masks(x)} if train and self._dropouts else self.buffers
             for m in self._dropouts.values():
                 m.offset = 0
@@ -209,10 +214,7 @@ class Ensemble:
         Returns per-member minibatch losses and accuracies [E] (detached, on device;
         accuracy is 0 for regression targets).
         """
-        out = self.forward(x, train=True)
-        losses = member_losses(out.float(), y, self.loss)
-        with torch.no_grad():
-            correct = (out.argmax(-1) == y).float().mean(1) if y.dtype == torch.int64 else torch.zeros_like(losses)
+        losses, correct = self._losses(x, y)
         finite = torch.isfinite(losses)
         newly = self.alive & ~finite
         self.diverged_step = torch.where(newly, torch.full_like(self.diverged_step, self.t), self.diverged_step)
@@ -221,6 +223,15 @@ class Ensemble:
         grads = torch.autograd.grad(total, list(self.params.values()), allow_unused=True)
         self._update(grads, lr)
         return losses.detach(), correct
+
+    def _forward_losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member training losses [E] (float32, differentiable) and accuracies [E] (what
+        :mod:`widthkit.compiled` compiles; ``_losses`` is this or its compiled version)."""
+        out = self.forward(x, train=True)
+        losses = member_losses(out.float(), y, self.loss)
+        with torch.no_grad():
+            correct = (out.argmax(-1) == y).float().mean(1) if y.dtype == torch.int64 else torch.zeros_like(losses)
+        return losses, correct
 
     @torch.no_grad()
     def _update(self, grads, lr: float) -> None:
@@ -300,45 +311,85 @@ class Ensemble:
 
 # ------------------------------------------------------------------ fast path
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.ELU)
+_PER_CHANNEL = (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOLS_1D = (nn.AvgPool1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+_CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d}
 
 
 def _sequential_plan(template: nn.Module):
-    """A batched-matmul plan for ``nn.Sequential`` models of Flatten/Linear/elementwise layers.
+    """A batched plan for ``nn.Sequential`` models of [Conv/pool/elementwise ->] Flatten -> Linear/elementwise.
 
     Custom activation modules opt in with a class attribute ``elementwise = True``.
 
-    Such models (the MLP family) skip vmap's per-op dispatch: each Linear becomes one
-    ``baddbmm`` over the member axis.  Returns None for any other architecture (or a
-    Flatten after the first Linear).
+    Such models (the MLP, conv1d and buffer-free Myrtle families) skip vmap's per-op dispatch: each Linear
+    becomes one ``baddbmm`` over the member axis and each Conv one grouped convolution with the members as
+    groups (the packed-ensembles layout).  Returns None for any other architecture (a Flatten after the first
+    Linear, a conv or pool after the Flatten, a non-zero padding mode).
     """
     if not isinstance(template, nn.Sequential):
         return None
     plan = []
+    convs = flat = False  # seen a conv; past the Flatten or first Linear (no more convs or pools)
     for name, mod in template.named_children():
         if isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
-            if any(kind == "linear" for kind, _ in plan):
+            if flat:
                 return None
-            plan.append(("flatten", None))
-        elif type(mod) is nn.Linear:
+            plan.append(("unpack_members" if convs else "flatten", None))
+            flat = True
+        elif type(mod) is nn.Linear and (flat or not convs):
             plan.append(("linear", name))
+            flat = True
+        elif type(mod) in _CONVS and mod.padding_mode == "zeros" and not flat:
+            plan.append(("conv", (name, mod)))
+            convs = True
+        elif isinstance(mod, _PER_CHANNEL) and convs and not flat:
+            plan.append(("apply", mod))
         elif isinstance(mod, _ELEMENTWISE) or getattr(mod, "elementwise", False):
             plan.append(("apply", mod))
         else:
             return None
+    if convs and not flat:
+        return None
+    if convs:
+        in_shape = getattr(template, "in_shape", None)
+        plan.insert(0, ("members_as_channels", tuple(in_shape) if in_shape else None))
     return plan
 
 
-def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Run the plan on x [E, B, ...] with activations kept feature-major, h^T [E, features, B].
+def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Run the plan on x [E, B, ...]; returns [E, B, K].
 
-    In that layout each layer is ``W @ h^T``, whose weight gradient ``grad @ h`` comes out
-    contiguous in W's own layout; with ``h @ W^T`` it would be a transposed view, and the
-    optimizer's elementwise updates on it run several times slower for wide layers.
+    Conv stages keep the members in the channel axis, h [B, E*C, *spatial] (member-major channels), so each
+    conv is one ``groups=E`` convolution and pools act per channel; ``channels_last`` stores feature maps NHWC,
+    1-D ones as 2-D maps of height 1 (faster or slower depending on width and device: the probe measures both).  At the Flatten each member's features
+    become a column block, h^T [E, features, B]: feature-major, where each layer is ``W @ h^T``, whose weight
+    gradient ``grad @ h`` comes out contiguous in W's own layout; with ``h @ W^T`` it would be a transposed
+    view, and the optimizer's elementwise updates on it run several times slower for wide layers.
     """
     E, B = x.shape[:2]
     h = x.reshape(E, B, -1).transpose(1, 2)
     for kind, arg in plan:
-        if kind == "linear":
+        if kind == "members_as_channels":
+            h = x.reshape(E, B, *arg) if arg else x
+            h = h.transpose(0, 1).reshape(B, E * h.shape[2], *h.shape[3:])
+            if channels_last:  # NHWC; 1-D maps as 2-D ones of height 1 (their convs run 1.5x faster on CPU)
+                h = (h.unsqueeze(2) if h.dim() == 3 else h).contiguous(memory_format=torch.channels_last)
+        elif kind == "conv":
+            name, mod = arg
+            w = params[f"{name}.weight"]
+            w = w.reshape(-1, *w.shape[2:])
+            b = params.get(f"{name}.bias")
+            b = None if b is None else b.reshape(-1)
+            if h.dim() == 4 and isinstance(mod, nn.Conv1d):  # on a height-1 NHWC map
+                pad = mod.padding if isinstance(mod.padding, str) else (0, *mod.padding)
+                h = F.conv2d(h, w.unsqueeze(2), b, (1, *mod.stride), pad, (1, *mod.dilation), E * mod.groups)
+            else:
+                h = _CONVS[type(mod)](h, w, b, mod.stride, mod.padding, mod.dilation, E * mod.groups)
+        elif kind == "apply" and h.dim() == 4 and isinstance(arg, _POOLS_1D):
+            h = arg(h.squeeze(2))
+        elif kind == "unpack_members":  # the Flatten after the conv stages
+            h = h.reshape(B, E, -1).permute(1, 2, 0)
+        elif kind == "linear":
             w = params[f"{arg}.weight"]
             b = params.get(f"{arg}.bias")
             h = torch.bmm(w, h) if b is None else torch.baddbmm(b.unsqueeze(2), w, h)

@@ -22,6 +22,7 @@ Warnings (something the user should know, but work goes on) are :class:`Widthkit
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Iterable
 
 
@@ -62,6 +63,15 @@ class JobsFailedError(WidthkitError, RuntimeError):
 
 class OptionalDependencyError(WidthkitError, ImportError):
     """A feature needs an optional package that is not installed."""
+
+
+def optional_import(module: str, extra: str, feature: str):
+    """``import module``, or a one-line :class:`OptionalDependencyError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OptionalDependencyError(f"{feature} needs the '{extra}' extra: pip install 'widthkit[{extra}]' "
+                                      f"(in a checkout: pip install -e '.[{extra}]')") from None
 
 
 class WidthkitWarning(UserWarning):

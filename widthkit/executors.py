@@ -1,4 +1,5 @@
-"""Executors run ladder jobs: ``local`` (in this process, the default) and ``ray`` (a Ray cluster).
+"""Executors run ladder jobs: ``local`` (in this process, the default), ``ray`` (a Ray cluster) and ``slurm``
+(one Slurm job per ladder job, through submitit).
 
 An executor has one method, ``run(jobs, fn, on_done)``: it calls ``fn(job)`` for every
 job somewhere, and ``on_done(job, record)`` in the driver as each one finishes, so
@@ -268,5 +269,135 @@ def get_executor(spec=None, **options):
         raise unknown("executor", spec, list(EXECUTORS))
     if spec == "local" and options:
         raise WidthkitError(f"the local executor takes no options (got {', '.join(sorted(options))}); "
-                            "they apply to the 'ray' executor")
+                            "they apply to the 'ray' and 'slurm' executors")
     return EXECUTORS[spec](**options)
+
+
+# ------------------------------------------------------------------------ slurm
+SLURM_INSTALL = "the slurm executor needs submitit: pip install 'widthkit[slurm]' (in a checkout: pip install -e '.[slurm]')"
+
+
+class _SlurmJob:
+    """What one Slurm job runs: ``fn(job)`` with the job's CPUs as torch threads, its outcome as a record.
+
+    submitit calls :meth:`checkpoint` when Slurm preempts the job or its time runs out, and requeues the
+    returned submission; the rerun continues from the job's own checkpoint in ``RUN/ckpt``.  Errors come
+    back as records (a :class:`WidthkitError` flagged as the user's), so the driver sees their type.
+    """
+
+    def __init__(self, fn: Callable, job, num_cpus: int, quiet: bool):
+        self.fn, self.job, self.num_cpus, self.quiet = fn, job, num_cpus, quiet
+
+    def __call__(self) -> dict:
+        import submitit
+        import torch
+        torch.set_num_threads(self.num_cpus)
+        env = submitit.JobEnvironment()
+        try:
+            with quiet_mode(self.quiet):
+                record = self.fn(self.job)
+        except WidthkitError as e:
+            return {"status": "user-error", "error": str(e)}
+        except Exception as e:  # noqa: BLE001 - a bug or resource fault: this job fails, the others go on
+            return failed_record(one_line(e), traceback.format_exc())
+        record["slurm"] = {"job_id": str(env.job_id), "host": socket.gethostname(), "cpus": self.num_cpus}
+        return record
+
+    def checkpoint(self):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self)
+
+
+class SlurmExecutor:
+    """Runs each job as one Slurm job (a job array), through submitit, without Ray.
+
+    ``partition``, ``time`` (minutes per job), ``num_cpus`` (CPUs per job, torch threads; default 1),
+    ``num_gpus`` (whole GPUs per job; default 0), ``mem_gb``, ``max_retries`` (requeues after a
+    preemption or time-out, each continuing from the job's checkpoint; default 3), ``array_parallelism``
+    (jobs of the array running at once), ``slurm`` (other submitit ``slurm_*`` parameters without the
+    prefix, e.g. ``{"account": "x", "qos": "y"}``).  ``cluster``: ``None`` submits to Slurm; ``"local"``
+    runs the jobs as local processes with the same requeue machinery (to try a setup; the tests use it).
+    submitit's files (scripts, logs) go to ``RUN/slurm``.  The driver polls until every job is done and
+    records each one in the index as it finishes; Ctrl-C cancels the jobs not yet finished.
+    """
+
+    name = "slurm"
+
+    def __init__(self, partition: str | None = None, time: float = 60, num_cpus: float | None = None,
+                 num_gpus: float | None = None, mem_gb: float | None = None, max_retries: int = 3,
+                 array_parallelism: int | None = None, slurm: dict | None = None, cluster: str | None = None,
+                 poll_s: float = 2.0):
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise WidthkitError(SLURM_INSTALL) from None
+        if num_cpus is not None and (num_cpus < 1 or num_cpus != int(num_cpus)):
+            raise WidthkitError(f"--cpus-per-job must be a whole number >= 1 on Slurm, got {num_cpus}")
+        if num_gpus is not None and (num_gpus < 0 or num_gpus != int(num_gpus)):
+            raise WidthkitError(f"--gpus-per-job must be a whole number on Slurm (GPUs are not shared), got {num_gpus}")
+        if time <= 0 or max_retries < 0:
+            raise WidthkitError(f"--time must be positive and --max-retries 0 or more, got {time} and {max_retries}")
+        if cluster not in (None, "slurm", "local", "debug"):
+            raise unknown("submitit cluster", cluster, ["slurm", "local", "debug"])
+        self.cluster = cluster
+        self.num_cpus = int(num_cpus or 1)
+        self.params = {"timeout_min": time, "cpus_per_task": self.num_cpus, "gpus_per_node": int(num_gpus or 0),
+                       "slurm_partition": partition, "mem_gb": mem_gb, "slurm_array_parallelism": array_parallelism,
+                       **{f"slurm_{k}": v for k, v in (slurm or {}).items()}}
+        self.max_retries = int(max_retries)
+        self.poll_s = poll_s
+        self.submitted: dict[str, object] = {}  # job id -> submitit job (the test interrupts one)
+
+    def _executor(self, folder):
+        import shutil
+
+        import submitit
+        cluster = self.cluster or "slurm"
+        if cluster == "slurm" and shutil.which("sbatch") is None:
+            raise WidthkitError("--executor slurm submits with sbatch, which is not on this machine's PATH; run "
+                                "the driver on a Slurm login node (or try the setup locally with `cluster='local'`)")
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=self.max_retries,
+                                   local_max_num_timeout=self.max_retries)
+        params = {k: v for k, v in self.params.items() if v is not None}
+        if self.cluster in ("local", "debug"):
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        try:
+            ex.update_parameters(name="widthkit", **params)
+        except (ValueError, TypeError) as e:
+            raise WidthkitError(f"submitit refused a Slurm option ({' '.join(str(e).split())[:200]}); "
+                                "check --slurm KEY=VALUE names (submitit's slurm_* parameters)") from None
+        return ex
+
+    def run(self, jobs: list, fn: Callable, on_done: Callable) -> None:
+        from submitit.core.utils import UncompletedJobError
+        ex = self._executor(os.path.join(jobs[0].run_dir, "slurm", "%j") if jobs else "slurm")
+        with ex.batch():
+            handles = [(job, ex.submit(_SlurmJob(fn, job, self.num_cpus, is_quiet()))) for job in jobs]
+        self.submitted = {job.id: h for job, h in handles}
+        info(f"slurm: submitted {len(jobs)} jobs as array {handles[0][1].job_id.split('_')[0] if handles else '-'} "
+             f"({self.num_cpus} CPU per job, up to {self.max_retries} requeues after preemption or time-out)")
+        pending = {job.id: (job, h) for job, h in handles}
+        try:
+            while pending:
+                for key in [k for k, (_, h) in pending.items() if h.done()]:
+                    job, h = pending.pop(key)
+                    try:
+                        record = h.result()
+                    except UncompletedJobError as e:  # killed, out of memory, or out of requeues
+                        msg = " ".join(str(e).split())
+                        warn(f"job {job.id} failed: {msg[:200]}")
+                        record = failed_record(msg[:240], str(e))
+                    if record.get("status") == "user-error":
+                        raise WidthkitError(record["error"])
+                    if record.get("status") == "failed":
+                        warn(f"job {job.id} failed: {record['error']}; going on with the other jobs")
+                    on_done(job, record)
+                if pending:
+                    time.sleep(self.poll_s)
+        except BaseException:  # Ctrl-C, a user error in a job, or a failing on_done: stop the rest
+            for _, h in pending.values():
+                h.cancel(check=False)
+            raise
+
+
+EXECUTORS["slurm"] = SlurmExecutor

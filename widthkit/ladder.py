@@ -24,6 +24,7 @@ from .progress import info, warn
 from .recipe import as_recipe_dict, expand_grid, from_dict
 from .store import (FORMAT, FORMAT_VERSION, Run, different_recipe, foreign_fingerprint, job_id, now, read_index,
                     shard_ok, versions, write_index, write_shard)
+from .tracking import JobInfo, JobLogger
 from .trainer import train_members
 
 
@@ -90,10 +91,13 @@ def run_job(job: Job) -> dict:
     job.ckpt.parent.mkdir(parents=True, exist_ok=True)
     resumed = checkpoint_progress(job.ckpt)
     label = f"width {job.width}" + (f" [{job.point_key}]" if job.point_key else "")
-    results, record, table = train_members(recipe, job.width, job.seeds, task, build_member=build_member,
-                                           ckpt_path=job.ckpt, strategy=job.strategy, label=label)
-    seconds = time.perf_counter() - t0
     targets = task.y_test.cpu().numpy()
+    tracked = JobInfo(job.id, recipe, job.width, job.seeds, Path(job.run_dir), job.point_key)
+    with JobLogger(recipe.train.loggers, tracked, targets) as log:
+        results, record, table = train_members(recipe, job.width, job.seeds, task, build_member=build_member,
+                                               ckpt_path=job.ckpt, strategy=job.strategy, label=label,
+                                               on_eval=log.eval if log.backends else None)
+    seconds = time.perf_counter() - t0
     write_shard(job.shard, job=job.id, point=job.point, point_key=job.point_key, recipe=recipe, width=job.width,
                 results=results, strategy=record, param_table=table, targets=targets, seconds=seconds)
     job.ckpt.unlink(missing_ok=True)

@@ -22,11 +22,13 @@ import importlib.resources
 import itertools
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import grid
 from .errors import DataNotFoundError, RecipeError, WidthkitError, did_you_mean
 from .validate import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, build_dataclass,
                        parse_value)
@@ -64,13 +66,16 @@ class TrainSpec:
     steps: int = 1000
     epochs: float = 0.0           # if > 0, steps = epochs * (n_train // batch_size)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    eval_every: PositiveInt = 100
+    eval_every: PositiveInt | str = 100  # every N steps, or "log:K" (K log-spaced steps); see widthkit.grid
+    snapshots: list[NonNegativeInt] | str = ""  # member weights kept at: [steps], "log:K" or "every:N" (grid)
+    snapshot_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage of the snapshots
     checkpoint_every: NonNegativeInt = 500
     device: str = "auto"          # auto | cpu | cuda | cuda:N
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"  # bfloat16: autocast on GPU
-    strategy: str = "auto"        # auto | vectorized | loop | chunk:N
+    strategy: str = "auto"        # auto | vectorized | loop | chunk:N, optionally +compile | +eager
     memory_budget_mb: NonNegativeFloat = 0.0  # auto strategy: cap a group's activation memory (0 = no cap)
     eval_batch_size: int = 2048
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)  # live tracking
 
 
 @dataclass
@@ -119,8 +124,10 @@ class Recipe:
     def fingerprint(self) -> str:
         """Hash of everything that changes results (not device, strategy or budgets)."""
         d = self.to_dict()
-        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb"):
+        for k in ("device", "strategy", "eval_batch_size", "checkpoint_every", "memory_budget_mb", "loggers"):
             d["train"].pop(k, None)
+        if not self.train.snapshots:  # runs without snapshots keep the fingerprint they had before snapshots
+            d["train"].pop("snapshots"), d["train"].pop("snapshot_dtype")
         for k in self.analysis:
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -141,12 +148,16 @@ def _validate(r: Recipe) -> None:
         raise WidthkitError("recipe key 'train.seeds' is empty; give a count like 4 or a list like [0, 1]")
     if len(set(r.train.seeds)) != len(r.train.seeds):
         raise WidthkitError("recipe key 'train.seeds' has repeated seeds; list each seed once")
+    grid.check(r.train.eval_every, "train.eval_every")
+    grid.check(r.train.snapshots, "train.snapshots")
     if r.train.epochs <= 0 and r.train.steps <= 0:
         raise WidthkitError(f"recipe key 'train.steps' is {r.train.steps}; it must be positive "
                             "(or set train.epochs)")
-    st = r.train.strategy
-    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)):
-        raise WidthkitError(f"recipe key 'train.strategy' is '{st}'; choose auto, vectorized, loop or chunk:N")
+    st, _, mode = r.train.strategy.partition("+")
+    if not (st in ("auto", "vectorized", "loop") or (st.startswith("chunk:") and st[6:].isdigit() and int(st[6:]) > 0)) \
+            or mode not in ("", "auto", "compile", "eager"):
+        raise WidthkitError(f"recipe key 'train.strategy' is '{r.train.strategy}'; choose auto, vectorized, loop or "
+                            "chunk:N, optionally with +compile or +eager")
     if len(r.optim.betas) != 2:
         raise WidthkitError("recipe key 'optim.betas' must be two numbers, like [0.9, 0.999]")
     from .models import model_kwargs  # validates family and its hyper-parameters
@@ -205,11 +216,15 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
 
 
 def _sweep_fields() -> dict[str, set[str]]:
-    """Fields whose declared type is a scalar: a list there means a sweep."""
+    """Fields whose declared type is a scalar: a list there means a sweep (a union with a list is no scalar)."""
+    def takes_list(tp) -> bool:
+        origin = typing.get_origin(tp)
+        return origin in (list, dict) or (origin in (typing.Union, types.UnionType)
+                                           and any(map(takes_list, typing.get_args(tp))))
     out = {}
     for sec, cls in _SECTIONS.items():
         hints = typing.get_type_hints(cls)
-        out[sec] = {k for k, tp in hints.items() if typing.get_origin(tp) not in (list, dict)}
+        out[sec] = {k for k, tp in hints.items() if not takes_list(tp)}
     return out
 
 

@@ -6,6 +6,8 @@ atomically with the class name (``kind``) and its ``schema_version``.  ``Result.
 the dataclass from its type hints -- nested dataclasses, ``list[float]``, ``dict[int, ...]``,
 ``X | None`` -- so readers use attributes, never string keys.  A file of another kind, of another
 schema version, or that does not fit the fields raises :class:`ResultFileError` naming the file.
+In a notebook, an analysis's result shows as its tables and readings, and ``result.plot()`` returns
+its figures (see :data:`NOTEBOOK`).
 """
 from __future__ import annotations
 
@@ -16,12 +18,17 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from .atomic import atomic_write_text
 from .errors import WidthkitError
+
+
+#: How a result shows in a notebook, installed by :mod:`widthkit.analyses.base` (which knows the analysis
+#: behind each result type): ``"figures": result -> list of Figures``, ``"html": result -> str | None``.
+NOTEBOOK: dict[str, Callable] = {}
 
 
 class ResultFileError(WidthkitError, ValueError):
@@ -120,6 +127,14 @@ class Result:
         atomic_write_text(path, self.to_json())
         return path
 
+    def plot(self):
+        """Its analysis's figures as matplotlib ``Figure`` objects, in a list Jupyter shows inline ([] if none)."""
+        return NOTEBOOK["figures"](self) if "figures" in NOTEBOOK else []
+
+    def _repr_html_(self) -> str | None:
+        """Its tables and one-sentence readings, for Jupyter (None: results of no analysis show their repr)."""
+        return NOTEBOOK["html"](self) if "html" in NOTEBOOK else None
+
     @classmethod
     def from_dict(cls, d: dict):
         """The result from its :meth:`to_dict` form; raises ResultFileError if kind or schema differ."""
@@ -145,6 +160,8 @@ class Result:
         if not isinstance(d, dict):
             raise ResultFileError(f"result file '{path}' is not a JSON object; rerun the analysis that wrote it")
         try:
-            return cls.from_dict(d)
+            res = cls.from_dict(d)
         except ResultFileError as e:
             raise ResultFileError(f"result file '{path}' {e}; rerun the analysis that wrote it") from None
+        res._folder = path.parent  # where its figures and files are (plot() and the notebook view read them)
+        return res

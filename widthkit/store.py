@@ -21,6 +21,8 @@ Shard layout (HDF5)::
     targets [N] or [N, K]                          test targets
     members/{seed, diverged, diverged_step} [E]
     state/<param or buffer name> [E, ...]        final weights (a state_dict, stacked)
+    snapshots/...                                  weights at earlier steps (``train.snapshots``; see
+                                                   :mod:`widthkit.snapshots`)
 
 ``open_run(path)`` returns a :class:`Run` (the directory); ``run.select(point)`` a
 :class:`RunPoint` (one grid point, what analyses read).  A foreign or corrupt file raises
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, snapshots
 from .atomic import atomic_path, atomic_write_text
 from .build import build_architecture, load_recipe_task
 from .data import Task
@@ -100,6 +102,7 @@ def write_shard(path: Path, *, job: str, point: int, point_key: str, recipe: Rec
             st = f.create_group("state")
             for k, v in results.state.items():
                 st[k] = v
+            snapshots.write(f, results.snapshot_steps, results.snapshots, recipe.train.snapshot_dtype)
 
 
 def different_recipe(path: Path, theirs, fingerprint: str) -> WidthkitError:
@@ -384,18 +387,30 @@ class RunPoint:
         """The task the ladder was trained on, rebuilt from the recipe (once per view)."""
         return self._task
 
-    def member_state(self, width: int, seed: int) -> dict[str, torch.Tensor]:
+    def snapshot_steps(self, width: int) -> list[int]:
+        """Steps at which members of ``width`` can be loaded: the stored snapshots and the last step."""
+        with h5py.File(self._width(width).shards[0], "r") as f:
+            return snapshots.stored_steps(f) + [int(self.logit_steps(width)[-1])]
+
+    def member_state(self, width: int, seed: int, step: int | None = None) -> dict[str, torch.Tensor]:
+        """Member (width, seed)'s ``state_dict`` after ``step`` updates (default: the end of training)."""
         d = self._width(width)
+        if step is not None and step not in (steps := self.snapshot_steps(width)):
+            raise WidthkitError(f"no snapshot of width {width} at step {step}; stored steps: {steps} "
+                                "(set train.snapshots in the recipe to keep more)")
         for j, path in zip(self._width_jobs(width), d.shards):
             if seed in j.seeds:
                 i = j.seeds.index(seed)
                 with h5py.File(path, "r") as f:
+                    if step is not None and step in snapshots.stored_steps(f):
+                        return snapshots.read(f, i, step)
                     return {k: torch.from_numpy(np.asarray(f["state"][k][i])) for k in f["state"]}
         raise WidthkitError(f"seed {seed} is not in run '{self.path}'; seeds: {self.seeds}")
 
-    def load_member(self, width: int, seed: int) -> nn.Module:
-        """Member (width, seed) as a plain ``nn.Module`` in eval mode, on the CPU."""
-        state = self.member_state(width, seed)
+    def load_member(self, width: int, seed: int, step: int | None = None) -> nn.Module:
+        """Member (width, seed) as a plain ``nn.Module`` in eval mode, on the CPU, as it was after ``step``
+        updates (a step of :meth:`snapshot_steps`; default: the end of training)."""
+        state = self.member_state(width, seed, step)
         model = build_architecture(self.recipe, width, self.task())
         model.load_state_dict(state)
         return model.eval()

@@ -3,7 +3,8 @@
 :func:`train_members` chooses how to group members (all at once, in chunks, or one
 by one) from a short measured probe, trains each group with :class:`Ensemble`,
 evaluates every member on the test set on a step grid (keeping the test outputs
-for later point-wise analyses), and checkpoints so an interrupted job resumes from
+for later point-wise analyses; see :mod:`widthkit.grid`), keeps weight snapshots at the
+``train.snapshots`` steps (:mod:`widthkit.snapshots`), and checkpoints so an interrupted job resumes from
 its last checkpoint rather than from step 0.
 
 Every source of randomness (init, batches, dropout masks) is a pure function of
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compiled, grid, snapshots
 from .atomic import atomic_path
 from .data import Task
+from .data.prefetch import Prefetch
 from .engine import Ensemble, lr_at, member_losses
 from .errors import WidthkitError
 from .param import ParamTable
@@ -56,9 +59,10 @@ def steps_per_epoch(recipe: Recipe, task: Task) -> int:
 
 
 def eval_steps(recipe: Recipe, total: int) -> list[int]:
-    """Steps after which members are evaluated: 0, every ``eval_every``, and the last."""
-    steps = list(range(0, total, recipe.train.eval_every)) + [total]
-    return sorted(set(steps))
+    """Steps at which members are evaluated: the ``eval_every`` grid (0 and the last included) and every
+    ``snapshots`` step (so each snapshot has its test outputs)."""
+    return sorted(set(grid.steps(recipe.train.eval_every, total, "train.eval_every"))
+                  | set(grid.steps(recipe.train.snapshots, total, "train.snapshots")))
 
 
 class Batches:
@@ -68,9 +72,11 @@ class Batches:
     every epoch.  Online tasks: each member draws fresh samples every step.  With
     ``data.shared_batches`` every member gets the same batches, so members differ only
     in their initialization (the ensemble variance is then init variance alone).
+    Online batches are drawn ``prefetch`` steps ahead in a background thread (0: inline);
+    each is a pure function of its step, so the timing never changes them.
     """
 
-    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device):
+    def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device, prefetch: int = 2):
         self.task, self.seeds, self.device = task, seeds, device
         self.recipe_seed = recipe.seed
         self.B = batch_size(recipe, task)
@@ -83,6 +89,22 @@ class Batches:
         if not self.online:
             self.x = task.x_train.to(device)
             self.y = task.y_train.to(device)
+        else:
+            self._online = Prefetch(self._draw, prefetch)
+
+    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU, pinned for a GPU)."""
+        xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
+            derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
+        x, y = torch.stack(xs), torch.stack(ys)
+        if self.device.type == "cuda":  # page-locked, so the copy to the GPU does not block the step loop
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def close(self) -> None:
+        """Stop drawing ahead (online tasks)."""
+        if self.online:
+            self._online.close()
 
     def _permutations(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
@@ -94,9 +116,8 @@ class Batches:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
-            xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
-                derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
-            x, y = torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+            x, y = self._online(step)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         else:
             epoch, pos = divmod(step, self.spe)
             idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]
@@ -121,6 +142,8 @@ class MemberResults:
     logits: list[np.ndarray] = field(default_factory=list)      # per eval: [E, N, K]
     diverged_step: np.ndarray | None = None
     state: dict | None = None                                   # final stacked weights and buffers
+    snapshot_steps: list[int] = field(default_factory=list)     # steps of the snapshots (before the last)
+    snapshots: list[dict] = field(default_factory=list)         # per snapshot: {name: tensor [E, ...]} (storage dtype)
 
     @staticmethod
     def concat(parts: list["MemberResults"]) -> "MemberResults":
@@ -131,6 +154,9 @@ class MemberResults:
             setattr(out, name, cat(name))
         out.diverged_step = np.concatenate([p.diverged_step for p in parts])
         out.state = {k: np.concatenate([p.state[k] for p in parts]) for k in parts[0].state}
+        out.snapshot_steps = parts[0].snapshot_steps
+        out.snapshots = [{k: torch.cat([p.snapshots[j][k] for p in parts]) for k in snap}
+                         for j, snap in enumerate(parts[0].snapshots)]
         return out
 
 
@@ -199,13 +225,20 @@ def _strategy_name(k: int, n: int) -> str:
     return "vectorized" if k == n else "loop" if k == 1 else f"chunk:{k}"
 
 
+THREADS_MARGIN = 1.2  # more CPU threads must win the probe by 20%: on a shared machine they can lose 10x later
+
+
 def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, device, steps: int = 3,
-                   pinned: int | None = None) -> dict:
-    """Time a few real steps per (group size, CPU threads); pick the fastest per member-step.
+                   pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
+    """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
 
     Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
     (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
-    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups).
+    tried too, because tiny ops run far faster single-threaded (no OpenMP wake-ups), and
+    more threads are chosen only if they win by ``THREADS_MARGIN``;
+    conv nets are timed with NCHW and NHWC feature maps.  Then the winner's step is
+    compiled (:mod:`widthkit.compiled`) if ``compile_mode`` is ``"compile"``, or if it is
+    ``"auto"`` and compiling could pay over the ``job_steps`` steps; it is kept only if it does.
     """
     n = len(batches.seeds)
     max_threads = torch.get_num_threads()
@@ -218,7 +251,7 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
         sizes = sorted({min(k, cap) for k in (n, max(n // 2, 1), 1)}, reverse=True)
     budget = {} if not recipe.train.memory_budget_mb else {
         "memory_budget_mb": recipe.train.memory_budget_mb, "activation_mb_per_member": round(per_member_mb, 3)}
-    if len(sizes) * len(thread_options) == 1:
+    if len(sizes) * len(thread_options) == 1 and compile_mode != "compile":
         return {"strategy": _strategy_name(sizes[0], n), **budget}
     x0, y0 = batches(0)
     timings = {}
@@ -230,31 +263,44 @@ def probe_strategy(make_members, lr_scales, recipe: Recipe, batches: Batches, de
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
                     torch.set_num_threads(threads)
-                    for i in range(steps + 1):
-                        if i == 1:
-                            if device.type == "cuda":
-                                torch.cuda.synchronize()
-                            t0 = time.perf_counter()
-                        ens.step(x, y, recipe.optim.lr * 1e-6)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    t = (time.perf_counter() - t0) / steps / k
-                    timings[(k, threads)] = min(t, timings.get((k, threads), math.inf))
+                    for layout in ens.conv_layouts:
+                        ens.channels_last = layout
+                        for i in range(steps + 1):
+                            if i == 1:
+                                if device.type == "cuda":
+                                    torch.cuda.synchronize()
+                                t0 = time.perf_counter()
+                            ens.step(x, y, recipe.optim.lr * 1e-6)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t = (time.perf_counter() - t0) / steps / k
+                        timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)
-    best_k, best_threads = min(timings, key=timings.get)
-    return {"strategy": _strategy_name(best_k, n), "threads": best_threads,
-            "probe_seconds_per_member_step": {f"{k}x{t}": v for (k, t), v in timings.items()}, **budget}
+    best = min(timings, key=lambda key: timings[key] * (THREADS_MARGIN if key[1] > 1 else 1.0))
+    best_k, best_threads, best_layout = best
+    layouts = {"channels_last": best_layout} if len({key[2] for key in timings}) > 1 else {}
+    record = {"strategy": _strategy_name(best_k, n), "threads": best_threads, **layouts,
+              "probe_seconds_per_member_step": {f"{k}x{t}" + ("-cl" if cl else ""): v
+                                                for (k, t, cl), v in timings.items()}, **budget}
+    record.update(compiled.decide(
+        lambda: Ensemble(make_members(list(range(best_k))), lr_scales, recipe.optim, recipe.train.loss, device,
+                         _autocast_dtype(recipe, device), channels_last=best_layout),
+        x0[:best_k], y0[:best_k], recipe.optim.lr * 1e-6, timings[best] * best_k, job_steps, compile_mode,
+        best_threads, device))
+    return record
 
 
 def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, build_member,
                   ckpt_path: Path | None = None, strategy: str | None = None,
-                  label: str = "") -> tuple[MemberResults, dict, ParamTable]:
+                  label: str = "", on_eval=None, stop_at: int | None = None) -> tuple[MemberResults, dict, ParamTable]:
     """Train ``seeds`` at ``width``; returns results, the strategy record and the param table.
 
     ``build_member(recipe, width, seed, task) -> (model, ParamTable)`` builds one
     initialized member.  With ``ckpt_path``, state is saved every
-    ``train.checkpoint_every`` steps and a later call resumes from it.
+    ``train.checkpoint_every`` steps and a later call resumes from it.  ``on_eval(step, seeds, results)``
+    is called after each evaluation of a group of members (live tracking, :mod:`widthkit.tracking`).
+    ``stop_at``: stop after that many steps, keeping the weights then (the schedule is the full run's).
     """
     device = resolve_device(recipe.train.device)
     total = total_steps(recipe, task)
@@ -278,9 +324,13 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
     if ckpt is not None:
         record = ckpt["record"]
     else:
-        requested = strategy or recipe.train.strategy
-        pinned = None if requested == "auto" else _group_sizes(requested, len(seeds))
-        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned)
+        group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
+        if mode not in compiled.MODES:
+            raise WidthkitError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
+        pinned = None if group == "auto" else _group_sizes(group, len(seeds))
+        record = probe_strategy(make_members, lr_scales, recipe, all_batches, device, pinned=pinned,
+                                compile_mode=mode, job_steps=total)
+    all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(seeds))
     groups = [list(range(i, min(i + k, len(seeds)))) for i in range(0, len(seeds), k)]
     done: list[MemberResults] = list(ckpt["done"]) if ckpt is not None else []
@@ -291,21 +341,26 @@ def train_members(recipe: Recipe, width: int, seeds: list[int], task: Task, *, b
         torch.set_num_threads(record["threads"])
     try:
         _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales,
-                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})")
+                      device, autocast, total, evals, f"{desc} ({len(seeds)} members, {record['strategy']})", on_eval,
+                      stop_at)
     finally:
         torch.set_num_threads(threads_before)
     return MemberResults.concat(done), record, tables[0]
 
 
 def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, make_members, lr_scales, device,
-                  autocast, total, evals, desc) -> None:
+                  autocast, total, evals, desc, on_eval=None, stop_at=None) -> None:
     """Train the groups not yet in ``done`` (appending to it), resuming from ``ckpt``."""
+    snaps = snapshots.snapshot_steps(recipe, total)  # each is checkpointed at once: a killed job keeps it
     with bar(desc, total * len(seeds)) as pbar:
         pbar.advance(total * sum(len(r.seeds) for r in done))
         for group in groups[len(done):]:
             gseeds = [seeds[i] for i in group]
             ens = Ensemble(make_members(group), lr_scales, recipe.optim, recipe.train.loss, device, autocast,
-                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds])
+                           noise_seeds=[derive_seed(recipe.seed, s, "dropout") for s in gseeds],
+                           channels_last=record.get("channels_last", False))
+            if record.get("compile"):
+                compiled.enable(ens)
             res = MemberResults(seeds=gseeds)
             batches = Batches(recipe, task, gseeds, device)
             start = 0
@@ -320,6 +375,11 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 pbar.advance(start * len(group))
             ckpt = None
             for step in range(start, total + 1):
+                took = step in snaps and (not res.snapshot_steps or res.snapshot_steps[-1] != step)
+                if took:
+                    res.snapshot_steps.append(step)
+                    res.snapshots.append(snapshots.take({**ens.state_dict()["params"], **ens.buffers},
+                                                        recipe.train.snapshot_dtype))
                 if step in evals and (not res.steps or res.steps[-1] != step):
                     outs, tl, ta = evaluate(ens, task, recipe.train.loss, recipe.train.eval_batch_size)
                     res.steps.append(step)
@@ -332,10 +392,12 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                     res.logits.append(outs.astype(np.float32))
                     loss_sum.zero_(), acc_sum.zero_()
                     n_since = 0
-                if step == total:
+                    if on_eval is not None:
+                        on_eval(step, gseeds, res)
+                if step == total or step == stop_at:
                     break
-                if ckpt_path is not None and recipe.train.checkpoint_every and step > start and \
-                        step % recipe.train.checkpoint_every == 0:
+                if ckpt_path is not None and (took or recipe.train.checkpoint_every and step > start and
+                                              step % recipe.train.checkpoint_every == 0):
                     _save_ckpt(ckpt_path, record, done, {"ensemble": ens.state_dict(), "results": res, "step": step,
                                                          "loss_sum": loss_sum, "acc_sum": acc_sum,
                                                          "n_since": n_since})
@@ -345,6 +407,7 @@ def _train_groups(recipe, task, seeds, groups, done, ckpt, ckpt_path, record, ma
                 acc_sum += correct
                 n_since += 1
                 pbar.advance(len(group))
+            batches.close()
             res.diverged_step = ens.diverged_step.cpu().numpy()
             res.state = {k: v.detach().cpu().numpy() for k, v in ens.state_dict()["params"].items()}
             res.state.update({k: v.cpu().numpy() for k, v in ens.buffers.items()})

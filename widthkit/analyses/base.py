@@ -18,13 +18,19 @@ and implements ``applies`` (why it does not apply, or ``""``), ``compute`` (opti
 ``plot`` (result -> PNG files) and ``blocks`` (result -> report :class:`Block`: tables and one-sentence
 readings computed from the numbers).  The terminal table, the HTML report and the study summary all
 render those same blocks.  ``study``, ``report`` and the CLI loop over :func:`list_analyses`.
+
+In a notebook the same contract shows each result: ``result.plot()`` returns the figures ``plot`` draws
+(collected as it saves them, see :func:`widthkit.plots.capture`), and the result displays as the HTML of
+its blocks (tables and readings).  Nothing more to write per analysis.
 """
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import pkgutil
 import re
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -32,6 +38,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import WidthkitError, unknown
+from .. import results
+from ..plots import Figures, capture, figure
 from ..recipe import Recipe, section
 from ..results import Result
 
@@ -150,6 +158,7 @@ class Analysis:
         if why:
             raise WidthkitError(f"{self.name} does not apply: {why}")
         res = self.compute(subject, options)
+        res._folder = Path(subject.out)  # where its files are: plot() and the notebook view read them there
         files = [res.save(self.result_path(subject.out))]
         return res, files + list(self.plot(res, subject.out))
 
@@ -181,6 +190,65 @@ def register_analysis(cls: type[Analysis]) -> type[Analysis]:
             raise TypeError(f"{cls.__name__}.Options.{f.name} has no default")
     _REGISTRY[name] = cls()
     return cls
+
+
+# ------------------------------------------------------------------------------------------ notebooks
+def _analysis_of(res: Result) -> Analysis | None:
+    _discover()
+    return next((a for a in _REGISTRY.values() if type(res) is a.Result), None)
+
+
+def result_figures(res: Result) -> Figures:
+    """The figures the result's analysis draws, as matplotlib Figures (PNGs written elsewhere come as images).
+
+    Drawn into the result's folder when it has one (a run or a load), else into a temporary folder.
+    """
+    a = _analysis_of(res)
+    if a is None:
+        return Figures()
+    folder = getattr(res, "_folder", None)
+    with tempfile.TemporaryDirectory() as tmp, capture() as figs:
+        where = Path(folder) if folder is not None else Path(tmp)
+        paths = list(a.plot(res, where))
+        if not figs:  # figures the analysis did not draw with widthkit.plots (atlas images)
+            paths += [f.path for b in a.blocks(res, where) for f in b.figures]
+            for p in dict.fromkeys(Path(p) for p in paths if Path(p).suffix == ".png" and Path(p).exists()):
+                fig, ax = figure(1, 1, size=(5, 5))
+                ax[0][0].imshow(_read_png(p))
+                ax[0][0].set_axis_off()
+                ax[0][0].set_title(p.name, fontsize=9)
+                figs.append(fig)
+    return figs
+
+
+def _read_png(path: Path):
+    import matplotlib.image as mpimg
+    return mpimg.imread(path)
+
+
+def result_html(res: Result) -> str | None:
+    """The result's blocks as HTML: titles, one-sentence readings (figures' included) and tables."""
+    a = _analysis_of(res)
+    if a is None:
+        return None
+    folder = getattr(res, "_folder", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        blocks = a.blocks(res, Path(folder) if folder is not None else Path(tmp))
+    e = lambda x: html.escape(str(getattr(x, "text", x)))  # noqa: E731 - a cell: text or a Link
+    out = []
+    for b in blocks:
+        out.append(f"<h4>{e(b.title)}</h4>")
+        lines = list(dict.fromkeys([*b.lines, *(f.reading for f in b.figures)]))
+        if lines:
+            out.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in lines) + "</ul>")
+        for t in b.tables:
+            head = "".join(f"<th>{e(c)}</th>" for c in t.columns)
+            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t.rows)
+            out.append(f"<table><caption>{e(t.caption)}</caption><tr>{head}</tr>{body}</table>")
+    return "".join(out)
+
+
+results.NOTEBOOK.update(figures=result_figures, html=result_html)
 
 
 def _discover() -> None:

@@ -25,11 +25,9 @@ Operational definitions (papers.md; the paper's code is not public):
 * Bias of narrower width: L_inf(N) - L_inf(N_max) and L_inf(N) - L_single(N_max).  Where at
   least four widths allow, L_inf(N) = L_wide + b N^-alpha is fitted by a grid over alpha with
   a weighted linear fit at each alpha.
-* Point-wise agreement with the widest width, at every stored evaluation step: mean squared
-  distance between outputs (per output coordinate, centred logits for cross-entropy) and
-  top-1 agreement, averaged over pairs of *different* seeds (so the widest width against
-  itself gives the seed-to-seed floor); for ensembles, the mean output of one half of the
-  seeds at width N against the other half at N_max, averaged over random splits.
+* Over training (``over_training``): the variance exponent and L_inf(N) at every evaluation step that
+  every width has, as one plot against step.  Point-wise agreement with the widest width over training
+  lives in the ``consistency`` analysis (:mod:`widthkit.analyses.consistency`).
 """
 from __future__ import annotations
 
@@ -38,13 +36,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-from .. import fmt
+from .. import fmt, grid
 from ..errors import WidthkitError
 from ..fitting import LineFit, fit_line, fit_power_law
-from ..plots import figure, loglog_fit_line, save, width_colors
+from ..plots import figure, loglog_fit_line, save, time_axis, width_colors
 from ..progress import track, warn
 from ..results import Result
 from ..store import analysable_widths
@@ -214,62 +211,6 @@ def output_variance(outputs, loss: str) -> tuple[float, float]:
     return v, float(np.sqrt((E - 1) / E * np.sum((reps - reps.mean()) ** 2)))
 
 
-def pair_agreement(a, b, loss: str, same_members: bool) -> tuple[float, float]:
-    """Mean squared distance (per output coordinate) and top-1 agreement between the members of
-    ``a`` [E, N, C] and ``b`` [E', N, C], averaged over member pairs.
-
-    ``same_members``: ``a`` and ``b`` hold the same seeds (comparing a width with itself, or
-    seed-matched widths); then pairs of one seed with itself are left out.
-    """
-    fa, fb = _centred(a, loss), _centred(b, loss)
-    Ea, Eb = fa.shape[0], fb.shape[0]
-    C = fa.shape[-1]
-    # squared distance of every pair: |a|^2 + |b|^2 - 2 a.b, averaged over points and coordinates
-    na = (fa ** 2).sum(-1).mean(-1)
-    nb = (fb ** 2).sum(-1).mean(-1)
-    dot = np.einsum("snc,tnc->st", fa, fb) / fa.shape[1]
-    d2 = (na[:, None] + nb[None, :] - 2 * dot) / C
-    if C > 1:
-        pa = np.eye(C)[np.argmax(fa, -1)]
-        pb = np.eye(C)[np.argmax(fb, -1)]
-        agree = np.einsum("snc,tnc->st", pa, pb) / fa.shape[1]
-    else:
-        agree = np.full_like(d2, np.nan)
-    mask = np.ones((Ea, Eb), bool)
-    if same_members:
-        np.fill_diagonal(mask, False)
-    if not mask.any():
-        return float("nan"), float("nan")
-    return float(np.maximum(d2[mask], 0).mean()), float(agree[mask].mean())
-
-
-def ensemble_agreement(a, seeds_a, b, seeds_b, loss: str, n_splits: int = 8, seed: int = 0,
-                       average: str = "outputs") -> tuple[float, float, int]:
-    """Agreement between ensembles on disjoint seed halves: mean of half A at one width against
-    mean of half B at the other.  Returns (msd, top-1 agreement, ensemble size)."""
-    common = sorted(set(seeds_a) & set(seeds_b))
-    h = len(common) // 2
-    if h < 1:
-        return float("nan"), float("nan"), 0
-    ia = {s: i for i, s in enumerate(seeds_a)}
-    ib = {s: i for i, s in enumerate(seeds_b)}
-    sa, sb = _member_space(a, loss, average), _member_space(b, loss, average)
-    rng = np.random.default_rng(seed)
-    d2s, ags = [], []
-    for _ in range(n_splits):
-        perm = rng.permutation(common)
-        A, B = perm[:h], perm[h:2 * h]
-        for X, Y in ((A, B), (B, A)):
-            ea = sa[[ia[s] for s in X]].mean(0, keepdims=True)
-            eb = sb[[ib[s] for s in Y]].mean(0, keepdims=True)
-            if average == "probs":  # compare in log-probability space, like logits
-                ea, eb = np.log(np.clip(ea, 1e-300, None)), np.log(np.clip(eb, 1e-300, None))
-            d2, ag = pair_agreement(ea, eb, loss, same_members=False)
-            d2s.append(d2)
-            ags.append(ag)
-    return float(np.mean(d2s)), float(np.mean(ags)), h
-
-
 @dataclass
 class BiasFit(Result):
     """L_inf(N) = l_wide + b * N**-alpha (grid over alpha, weighted line fit at each)."""
@@ -342,23 +283,21 @@ class WidthEnsemble(Result):
 
 
 @dataclass
-class Agreement(Result):
-    """Point-wise agreement with the widest width over training ([width][step] lists)."""
+class OverTraining(Result):
+    """The headline numbers at every evaluation step common to all widths."""
 
     steps: list[int]
     widths: list[int]
-    reference_width: int
-    single_msd: list[list[float]]       # [width][step]
-    single_top1: list[list[float]]
-    ensemble_msd: list[list[float]]
-    ensemble_top1: list[list[float]]
-    ensemble_size: list[int]            # members per half-ensemble, per width
-    single_loss: list[list[float]]      # mean single-model loss, [width][step]
-    ensemble_loss: list[list[float]]    # loss of the all-member ensemble, [width][step]
+    variance_exponent: list[float]      # [step], slope of log V on log N
+    variance_exponent_err: list[float]
+    l_inf: list[list[float]]            # [width][step]
+    l_inf_err: list[list[float]]
+    log_time: bool                      # the evaluation grid is log-spaced
 
 
 @dataclass
 class EnsembleBiasResult(Result):
+    schema_version = 2
     """Ensemble bias of one grid point at one evaluation step (see the module docstring)."""
 
     run: str
@@ -374,7 +313,7 @@ class EnsembleBiasResult(Result):
     bias_fit: BiasFit | None
     wide_single_loss: float
     wide_single_loss_err: float
-    agreement: Agreement | None
+    over_training: OverTraining | None
 
 
 # ----------------------------------------------------------------------------- run-level analysis
@@ -412,7 +351,7 @@ def _point(run):
     return run.select(0) if hasattr(run, "select") and len(run.points) == 1 else run
 
 
-def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits: int, over_training: bool,
+def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, over_training: bool,
                    seed: int) -> EnsembleBiasResult:
     loss = run.loss_name
     if loss not in ("xent", "mse"):
@@ -469,7 +408,7 @@ def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits
     variance_fit = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) else None)
     bf = fit_bias(widths, [p.ensemble.l_inf for p in per_width], [p.ensemble.l_inf_err for p in per_width])
 
-    agreement = _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed)
+    trend = _over_training(run, widths, data, targets, loss, n_subsets, average, seed) if over_training else None
 
     step_out = int(step) if step is not None else int(run.logit_steps(wmax)[-1])
     conventions = {
@@ -480,53 +419,34 @@ def _ensemble_bias(run, step: int | None, n_subsets: int, average: str, n_splits
         "variance": "variance over seeds (ddof=1) of " + ("class-centred logits" if loss == "xent" else "outputs")
                     + ", averaged over test points and output coordinates; error = jackknife over seeds",
         "error_bars": "single-model error bar = standard error of the mean over seeds",
-        "agreement": "pairs of different seeds; msd per output coordinate; ensembles on disjoint seed halves",
     }
     return EnsembleBiasResult(str(getattr(run, "path", "")), step_out, loss, average, conventions, widths,
                               sorted(skipped), {int(k): v for k, v in excluded.items()}, per_width,
-                              variance_fit, bf, wide_single, wide_single_err, agreement)
+                              variance_fit, bf, wide_single, wide_single_err, trend)
 
 
-def _agreement(run, widths, data, targets, loss, step, over_training, n_splits, average, seed) -> Agreement | None:
-    """Agreement with the widest width at every common evaluation step (or just ``step``)."""
-    wmax = widths[-1]
-    if over_training:
-        common = set(int(s) for s in run.logit_steps(widths[0]))
-        for w in widths[1:]:
-            common &= set(int(s) for s in run.logit_steps(w))
-        steps = sorted(common)
-    else:
-        steps = [int(step) if step is not None else int(run.logit_steps(wmax)[-1])]
-    if not steps:
-        return None
-    W = len(widths)
-    res = {k: [[float("nan")] * len(steps) for _ in range(W)]
-           for k in ("smsd", "stop", "emsd", "etop", "sl", "el")}
-    size = [0] * W
+def _over_training(run, widths, data, targets, loss, n_subsets, average, seed) -> OverTraining:
+    """Variance exponent and L_inf(N) at every evaluation step common to all widths (usable members only)."""
+    steps = sorted(set.intersection(*(set(int(s) for s in run.logit_steps(w)) for w in widths)))
     seeds_all = list(run.seeds)
-    for j, s in enumerate(track(steps, "agreement over training")):
-        outs = {}
-        for w in widths:
-            o = np.asarray(run.logits(w, s), np.float64)
-            keep = [seeds_all.index(x) for x in data[w][1]]
-            o = o[keep]
-            fin = np.isfinite(o.reshape(o.shape[0], -1)).all(1)
-            outs[w] = (o[fin], [x for x, f in zip(data[w][1], fin) if f])
-        ref, ref_seeds = outs[wmax]
+    slope, slope_err = [], []
+    l_inf = [[float("nan")] * len(steps) for _ in widths]
+    l_err = [[float("nan")] * len(steps) for _ in widths]
+    for j, s in enumerate(track(steps, "ensemble fits over training")):
+        V, Verr = [], []
         for i, w in enumerate(widths):
-            o, sd = outs[w]
-            if len(o) == 0 or len(ref) == 0:
-                continue
-            d2, ag = pair_agreement(o, ref, loss, same_members=(w == wmax))
-            res["smsd"][i][j], res["stop"][i][j] = d2, ag
-            ed2, eag, h = ensemble_agreement(o, sd, ref, ref_seeds, loss, n_splits, seed, average)
-            res["emsd"][i][j], res["etop"][i][j] = ed2, eag
-            size[i] = h
-            res["sl"][i][j] = float(np.mean([loss_and_error(m, targets, loss)[0] for m in o]))
-            ens = _member_space(o, loss, average).mean(0)
-            res["el"][i][j] = loss_and_error(ens, targets, loss, probs=average == "probs")[0]
-    return Agreement(steps, widths, wmax, res["smsd"], res["stop"], res["emsd"], res["etop"], size,
-                     res["sl"], res["el"])
+            out = np.asarray(run.logits(w, s), np.float64)[[seeds_all.index(x) for x in data[w][1]]]
+            inf = infinite_ensemble(out, targets, loss, n_subsets, average, seed)
+            l_inf[i][j], l_err[i][j] = inf.l_inf, inf.l_inf_err
+            v, verr = output_variance(out, loss)
+            V.append(v)
+            Verr.append(verr)
+        vf = fit_power_law(widths, V, Verr if all(np.isfinite(Verr)) and all(e > 0 for e in Verr) else None)
+        slope.append(vf.slope)
+        slope_err.append(vf.slope_err)
+    recipe = getattr(run, "recipe", None)
+    log_time = recipe is not None and grid.is_log(recipe.train.eval_every)
+    return OverTraining(steps, list(widths), slope, slope_err, l_inf, l_err, log_time)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -599,30 +519,26 @@ def plot_variance(res, path) -> Path:
     return save(fig, path)
 
 
-def plot_agreement(res, path) -> Path:
-    """Agreement with the widest width against width, one line per evaluation step."""
-    ag = res.agreement
-    has_top1 = bool(np.isfinite(np.array(ag.single_top1, float)).any())
-    fig, axes = figure(2, 2 if has_top1 else 1, size=(4.2, 3.2))
-    W = np.array(ag.widths, float)
-    cmap = matplotlib.colormaps["plasma"]
-    S = len(ag.steps)
-    panels = [(axes[0][0], ag.single_msd, "single: mean sq. distance", True),
-              (axes[0][1], ag.ensemble_msd, "ensemble (half seeds): mean sq. distance", True)]
-    if has_top1:  # regression outputs have no top-1
-        panels += [(axes[1][0], ag.single_top1, "single: top-1 agreement", False),
-                   (axes[1][1], ag.ensemble_top1, "ensemble: top-1 agreement", False)]
-    for ax, vals, title, logy in panels:
-        arr = np.array(vals, float)  # [width, step]
-        for j, s in enumerate(ag.steps):
-            col = cmap(0.9 * j / max(S - 1, 1))
-            ax.plot(W, arr[:, j], "o-", ms=3, color=col, label=f"step {s}" if S <= 8 or j in (0, S - 1) else None)
-        ax.set_xscale("log", base=2)
-        if logy and np.nanmin(arr) > 0:
-            ax.set_yscale("log")
-        ax.set_xlabel("width N")
-        ax.set_title(f"{title} vs N={ag.reference_width}", fontsize=8)
-    axes[0][0].legend(fontsize=6)
+def plot_over_training(res, path) -> Path:
+    """The variance exponent and L_inf(N) against step (one line per width)."""
+    ot = res.over_training
+    fig, axes = figure(2, 1, size=(4.4, 3.3))
+    ax = axes[0][0]
+    ax.errorbar(ot.steps, ot.variance_exponent, np.nan_to_num(ot.variance_exponent_err), marker="o", ms=3,
+                capsize=2, label="fitted exponent")
+    ax.axhline(-1.0, color="gray", ls=":", label="N^-1 (Vyas et al.)")
+    ax.set_ylabel("output variance exponent")
+    ax.legend(fontsize=7)
+    colors = width_colors(ot.widths)
+    for w, li, le in zip(ot.widths, ot.l_inf, ot.l_inf_err):
+        axes[0][1].errorbar(ot.steps, li, np.nan_to_num(le), marker="o", ms=2.5, capsize=2, color=colors[w],
+                            label=f"N={w}")
+    axes[0][1].set_ylabel(f"L_inf(N) ({res.loss})")
+    if np.nanmin(np.array(ot.l_inf, float)) > 0:
+        axes[0][1].set_yscale("log")
+    axes[0][1].legend(fontsize=6)
+    for a in axes[0]:
+        time_axis(a, ot.log_time)
     return save(fig, path)
 
 
@@ -635,8 +551,7 @@ class EnsembleBiasOptions:
     step: int = opt(-1, "evaluation step to analyse (-1: the final outputs)")
     subsets: int = opt(64, "K-subsets averaged per ensemble size K")
     average: str = opt("outputs", "what ensembles average: outputs (logits) or probs (softmax, xent only)")
-    splits: int = opt(8, "random half-splits of the seeds for the ensemble agreement")
-    over_training: bool = opt(True, "also measure the agreement with the widest width at every stored step")
+    over_training: bool = opt(True, "also fit the variance exponent and L_inf(N) at every evaluation step")
     seed: int = opt(0, "seed of the subset and split sampling")
 
 
@@ -644,22 +559,22 @@ class EnsembleBiasOptions:
 class EnsembleBias(Analysis):
     name = "ensemble-bias"
     order = 10
-    help = "narrow ensembles vs one wide net: output variance ~ 1/width, bias of narrower width, agreement"
+    help = "narrow ensembles vs one wide net: output variance ~ 1/width, bias of narrower width, over training"
     Options = EnsembleBiasOptions
     Result = EnsembleBiasResult
     smoke = {"subsets": 4}
 
     def compute(self, subject: Subject, o: EnsembleBiasOptions) -> EnsembleBiasResult:
         return _ensemble_bias(subject.require_point(self.name), None if o.step < 0 else o.step, o.subsets,
-                              o.average, o.splits, o.over_training, o.seed)
+                              o.average, o.over_training, o.seed)
 
     def plot(self, res: EnsembleBiasResult, folder: Path) -> list[Path]:
         folder = Path(folder)
         paths = [plot_loss_vs_width(res, folder / "ensemble_loss_vs_width.png"),
                  plot_loss_vs_k(res, folder / "ensemble_loss_vs_k.png"),
                  plot_variance(res, folder / "ensemble_variance.png")]
-        if res.agreement is not None:
-            paths.append(plot_agreement(res, folder / "ensemble_agreement.png"))
+        if res.over_training is not None:
+            paths.append(plot_over_training(res, folder / "ensemble_over_training.png"))
         return paths
 
     def blocks(self, res: EnsembleBiasResult, folder: Path) -> list[Block]:
@@ -676,8 +591,8 @@ class EnsembleBias(Analysis):
              for p in pw]))
         readings = {"ensemble_variance.png": _variance_reading(res), "ensemble_loss_vs_width.png": _width_reading(res),
                     "ensemble_loss_vs_k.png": _k_reading(res)}
-        if res.agreement is not None:
-            readings["ensemble_agreement.png"] = _agreement_reading(res.agreement)
+        if res.over_training is not None:
+            readings["ensemble_over_training.png"] = _over_training_reading(res.over_training)
         b.lines = [readings["ensemble_variance.png"], readings["ensemble_loss_vs_width.png"]]
         b.figures = [Figure(Path(folder) / name, text) for name, text in
                      sorted(readings.items(), key=lambda kv: _FIGURE_ORDER.index(kv[0]))]
@@ -685,7 +600,7 @@ class EnsembleBias(Analysis):
 
 
 _FIGURE_ORDER = ["ensemble_loss_vs_width.png", "ensemble_loss_vs_k.png", "ensemble_variance.png",
-                 "ensemble_agreement.png"]
+                 "ensemble_over_training.png"]
 
 
 def _variance_reading(res: EnsembleBiasResult) -> str:
@@ -722,13 +637,10 @@ def _k_reading(res: EnsembleBiasResult) -> str:
             f"{fmt.num(lo.ensemble.c)} → {fmt.num(hi.ensemble.c)}")
 
 
-def _agreement_reading(ag: Agreement) -> str:
-    i0, ir = 0, len(ag.widths) - 1
-    step, w0, wr = ag.steps[-1], ag.widths[i0], ag.reference_width
-    if math.isfinite(ag.single_top1[i0][-1]):
-        return (f"at step {step}, single width-{w0} members agree with width-{wr} members on "
-                f"{fmt.pct(ag.single_top1[i0][-1])} of test points (seed-to-seed floor at width {wr}: "
-                f"{fmt.pct(ag.single_top1[ir][-1])}); half-ensembles: {fmt.pct(ag.ensemble_top1[i0][-1])} vs "
-                f"{fmt.pct(ag.ensemble_top1[ir][-1])}")
-    return (f"at step {step}, mean squared output distance to width {wr}: {fmt.num(ag.single_msd[i0][-1])} for "
-            f"width {w0} vs a seed-to-seed floor of {fmt.num(ag.single_msd[ir][-1])}")
+def _over_training_reading(ot: OverTraining) -> str:
+    """The variance exponent and the bias of narrower width at the first and last steps."""
+    def at(j):
+        gap = ot.l_inf[0][j] - ot.l_inf[-1][j]
+        return (f"step {ot.steps[j]}: exponent {ot.variance_exponent[j]:.2f}, L_inf(N={ot.widths[0]}) - "
+                f"L_inf(N={ot.widths[-1]}) = {fmt.num(gap)}")
+    return f"over training, {at(0)}; {at(len(ot.steps) - 1)}" if len(ot.steps) > 1 else at(0)

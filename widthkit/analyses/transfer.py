@@ -15,6 +15,13 @@ information in the hidden state two ways:
   and each width's mean is moved along it to the grand-mean source accuracy:
   knn_matched(N) = knn(N) - b (acc(N) - acc_ref).  The range of source accuracies is reported with it.
 
+Widths trained for the same number of steps differ in source accuracy, so a transfer gain with width can
+be better features or just better training.  With weight snapshots (``train.snapshots``), the comparison
+is also made *at matched source accuracy* (the Gilboa & Gur-Ari protocol): each width is read at the
+snapshot whose mean source test accuracy is closest to a common level (by default the highest level every
+width reaches), and the new last layer and the information probes are fitted there.  ``step`` reads every
+member at one snapshot step instead of the end of training.
+
 Features are cached per width in ``run.cache_dir/transfer/`` (HDF5, written atomically), so a second
 call with the same target and layer loads no model.  At most one width's features are in memory.
 """
@@ -56,13 +63,17 @@ class TransferOptions:
     information: bool = opt(True, "also run the input-reconstruction R^2 and k-NN information probes")
     n_info: int = opt(2000, "source examples used by the information probes")
     seed: int = opt(0, "seed of the validation split and few-shot draws")
+    step: int = opt(-1, "snapshot step to read the members at (-1: the end of training)")
+    matched: bool = opt(True, "also compare widths at matched source accuracy (needs train.snapshots)")
+    level: float = opt(0.0, "source test accuracy to match (0: the highest level every width reaches)")
 
 
 # ----------------------------------------------------------------------------- features
 
-def _cache_path(run, width: int, target_spec: str, layer: str, n_info: int) -> Path:
+def _cache_path(run, width: int, target_spec: str, layer: str, n_info: int, step: int | None) -> Path:
     fp = run.recipe.fingerprint() if hasattr(run.recipe, "fingerprint") else ""
-    key = json.dumps({"fp": fp, "w": int(width), "t": target_spec, "l": layer, "n": int(n_info)}, sort_keys=True)
+    key = {"fp": fp, "w": int(width), "t": target_spec, "l": layer, "n": int(n_info)}
+    key = json.dumps(key if step is None else {**key, "s": int(step)}, sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer)
     return Path(run.cache_dir) / "transfer" / f"w{int(width)}-{safe}-{h}.h5"
@@ -72,14 +83,15 @@ SPLITS = ("target_train", "target_test", "source_train", "source_test")
 
 
 def cached_features(run, width: int, seeds: list[int], target, source, layer: str, n_info: int,
-                    batch_size: int = 512) -> Path:
-    """Path of the HDF5 feature cache of one width (extracting and writing it if missing).
+                    batch_size: int = 512, step: int | None = None) -> Path:
+    """Path of the HDF5 feature cache of one width at snapshot ``step`` (None: the end; extracting and
+    writing it if missing).
 
     Datasets ``seed{S}/{split}`` for the splits target_train/target_test (all) and source_train/source_test
     (first ``n_info`` examples).  Written atomically, one member at a time.
     """
     import h5py
-    path = _cache_path(run, width, target.spec or target.name, layer, n_info)
+    path = _cache_path(run, width, target.spec or target.name, layer, n_info, step)
     if path.exists():
         try:
             with h5py.File(path, "r") as f:
@@ -95,7 +107,7 @@ def cached_features(run, width: int, seeds: list[int], target, source, layer: st
             f.attrs["layer"] = layer
             f.attrs["target"] = target.spec or target.name
             for s in seeds:
-                model = run.load_member(width, s)
+                model = run.load_member(width, s) if step is None else run.load_member(width, s, step=step)
                 for sp, x in inputs.items():
                     f.create_dataset(f"seed{s}/{sp}", data=extract_features(model, x, layer, batch_size))
                 del model
@@ -125,7 +137,8 @@ class WidthTransfer(Result):
     seeds: list[int]
     excluded_seeds: list[int]
     feature_dim: int
-    source_acc: list[float]     # per seed (final source test accuracy)
+    step: int                   # the snapshot step the members were read at
+    source_acc: list[float]     # per seed (source test accuracy at that step)
     source_acc_mean: float
     source_acc_std: float
     target_acc: list[float]     # per seed
@@ -157,7 +170,19 @@ class Matching(Result):
 
 
 @dataclass
+class MatchedTransfer(Result):
+    """Every width read at the snapshot whose mean source test accuracy is closest to ``level``."""
+
+    level: float
+    rule: str                   # how the level was chosen
+    per_width: list[WidthTransfer]
+    target_trend: LineFit       # target accuracy against log2 width, at matched source accuracy
+    source_trend: LineFit       # the actual source accuracies against log2 width (ideally flat)
+
+
+@dataclass
 class TransferResult(Result):
+    schema_version = 2
     run: str
     source_task: str
     target: str
@@ -172,6 +197,8 @@ class TransferResult(Result):
     matching: Matching
     target_trend: LineFit       # target accuracy against log2 width: slope = change per width doubling
     source_trend: LineFit       # the same for the source accuracy of the same members
+    matched: MatchedTransfer | None  # None without snapshots (every width has only its last step)
+    matched_note: str           # why there is no matched comparison, or ""
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -184,12 +211,26 @@ def _ms(v) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def _final_source_acc(run, width: int) -> np.ndarray:
+def source_acc(run, width: int, step: int | None = None) -> np.ndarray:
+    """Source test accuracy of every seed [E] at eval ``step`` (None: the last)."""
     m = run.metrics(width)
     acc = m.get("test_acc")
     if acc is None:
         return np.full(len(run.seeds), np.nan)
-    return np.asarray(acc, float)[:, -1]
+    i = -1 if step is None else list(np.asarray(m["step"])).index(step)
+    return np.asarray(acc, float)[:, i]
+
+
+def match_steps(curves: dict[int, tuple[list[int], list[float]]], level: float = 0.0) -> tuple[float, dict]:
+    """The common source accuracy and, per width, the step whose accuracy is closest to it.
+
+    ``curves``: width -> (snapshot steps, mean source accuracy at each).  ``level`` 0 means the highest level
+    every width reaches: the smallest over widths of each width's best accuracy.  Ties go to the earliest step.
+    """
+    if not level:
+        level = min(float(np.nanmax(acc)) for _, acc in curves.values())
+    return level, {w: int(steps[int(np.nanargmin(np.abs(np.asarray(acc, float) - level)))])
+                   for w, (steps, acc) in curves.items()}
 
 
 def ancova_slope(groups_x: list, groups_y: list) -> tuple[float, float]:
@@ -254,24 +295,18 @@ def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
     widths = analysable_widths(run)
     unfinished = sorted(int(w) for w in (run.unfinished or []))
     # resolve the layer name once, on the narrowest member, before any long work
-    layer = resolve_layer(run.load_member(widths[0], run.seeds[0]), o.layer)
+    step = None if o.step < 0 else o.step  # a missing snapshot step fails here, before any long work
+    layer = resolve_layer(run.load_member(widths[0], run.seeds[0], step=step), o.layer)
 
     ytr, yte = tgt.y_train.numpy(), tgt.y_test.numpy()
     ys_tr, ys_te = source.y_train[:n_info].numpy(), source.y_test[:n_info].numpy()
     xs_tr, xs_te = source.x_train[:n_info].numpy(), source.x_test[:n_info].numpy()
     src_cls = source.kind == "classification"
-    per_width, skipped = [], list(unfinished)
-    for w in track(widths, f"transfer to {target}"):
-        div = np.asarray(run.diverged(w), bool).reshape(-1)
-        seeds = [s for s, d in zip(run.seeds, div) if not d]
-        bad = [s for s, d in zip(run.seeds, div) if d]
-        if bad:
-            warn(f"width {w}: leaving out diverged members (seeds {bad})")
-        if not seeds:
-            skipped.append(w)
-            continue
-        path = cached_features(run, w, seeds, tgt, source, layer, n_info, batch_size)
-        src_acc_all = _final_source_acc(run, w)
+
+    def measure(w: int, seeds: list[int], bad: list[int], step: int | None) -> WidthTransfer:
+        """One width's transfer and information probes, its members read at ``step`` (None: the end)."""
+        path = cached_features(run, w, seeds, tgt, source, layer, n_info, batch_size, step)
+        src_acc_all = source_acc(run, w, step)
         src_acc = [float(src_acc_all[list(run.seeds).index(s)]) for s in seeds]
         tacc, tloss, l2s, r2s, knns, dim = [], [], [], [], [], 0
         fs = {k: [] for k in shots}
@@ -296,16 +331,27 @@ def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
                 knns.append(P.knn_accuracy(F["source_train"], ys_tr, F["source_test"], ys_te)
                             if src_cls else float("nan"))
             del F
-        sa, ss = _ms(src_acc)
-        ta, ts = _ms(tacc)
-        tl, tls = _ms(tloss)
-        r2m, r2s_ = _ms(r2s)
-        km, ks = _ms(knns)
         few = {int(k): FewShot(*_ms(v), v) for k, v in fs.items()}
-        per_width.append(WidthTransfer(w, seeds, bad, dim, src_acc, sa, ss, tacc, ta, ts, tloss, tl, tls, l2s, few,
-                                       r2s, r2m, r2s_, knns, km, ks, float("nan")))
+        last = int(run.metrics(w)["step"][-1])
+        return WidthTransfer(w, seeds, bad, dim, last if step is None else int(step), src_acc, *_ms(src_acc),
+                             tacc, *_ms(tacc), tloss, *_ms(tloss), l2s, few, r2s, *_ms(r2s), knns, *_ms(knns),
+                             float("nan"))
+
+    members, skipped = {}, list(unfinished)
+    for w in widths:
+        div = np.asarray(run.diverged(w), bool).reshape(-1)
+        seeds = [s for s, d in zip(run.seeds, div) if not d]
+        bad = [s for s, d in zip(run.seeds, div) if d]
+        if bad:
+            warn(f"width {w}: leaving out diverged members (seeds {bad})")
+        if seeds:
+            members[w] = seeds, bad
+        else:
+            skipped.append(w)
+    per_width = [measure(w, *members[w], step) for w in track(list(members), f"transfer to {target}")]
     if not per_width:
         raise WidthkitError("every member diverged; nothing to transfer")
+    matched, note = _matched(run, members, per_width, o, measure) if o.matched else (None, "not asked for")
 
     # k-NN accuracy at matched source accuracy (ANCOVA with width fixed effects)
     b, berr = ancova_slope([p.source_acc for p in per_width], [p.knn_acc for p in per_width])
@@ -318,8 +364,7 @@ def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
                         [float(np.nanmin(all_acc)), float(np.nanmax(all_acc))] if np.isfinite(all_acc).any()
                         else [float("nan"), float("nan")])
     W = [p.width for p in per_width]
-    tf = fit_line(np.log2(W), [p.target_acc_mean for p in per_width])
-    sf = fit_line(np.log2(W), [p.source_acc_mean for p in per_width])
+    tf, sf = _trends(per_width)
     conventions = {
         "features": f"output of module '{layer}'" + (" (the classifier's input)" if o.layer == PENULTIMATE else ""),
         "probe": {"logistic": "multinomial logistic regression, L-BFGS, standardized features, L2 search",
@@ -335,7 +380,33 @@ def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
     }
     return TransferResult(str(getattr(run, "path", "")), source.spec or source.name, tgt.spec or target,
                           int(tgt.num_classes), layer, probe, shots, conventions, W, sorted(skipped), per_width,
-                          matching, tf, sf)
+                          matching, tf, sf, matched, note)
+
+
+def _trends(per_width: list[WidthTransfer]) -> tuple[LineFit, LineFit]:
+    """Target and source accuracy against log2 width: the slopes are changes per width doubling."""
+    x = np.log2([p.width for p in per_width])
+    return fit_line(x, [p.target_acc_mean for p in per_width]), fit_line(x, [p.source_acc_mean for p in per_width])
+
+
+def _matched(run, members: dict, at_end: list[WidthTransfer], o: TransferOptions,
+             measure) -> tuple[MatchedTransfer | None, str]:
+    """The comparison at matched source accuracy (see the module doc), or None and why not."""
+    curves = {}
+    for w, (seeds, _) in members.items():
+        steps = run.snapshot_steps(w)
+        rows = [list(run.seeds).index(s) for s in seeds]
+        curves[w] = steps, [float(np.nanmean(source_acc(run, w, s)[rows])) for s in steps]
+    if all(len(steps) == 1 for steps, _ in curves.values()):
+        return None, "the run has no weight snapshots; set train.snapshots (e.g. \"log:8\") to compare widths " \
+                     "at matched source accuracy"
+    level, steps = match_steps(curves, o.level)
+    rule = f"given level {o.level:g}" if o.level else "the highest mean source accuracy every width reaches"
+    by_width = {p.width: p for p in at_end}
+    last = {w: curves[w][0][-1] for w in curves}
+    per_width = [by_width[w] if steps[w] == last[w] and o.step < 0 else measure(w, *members[w], steps[w])
+                 for w in track(list(members), "transfer at matched source accuracy")]
+    return MatchedTransfer(level, rule, per_width, *_trends(per_width)), ""
 
 
 # ----------------------------------------------------------------------------- plots
@@ -357,6 +428,13 @@ def plot_transfer(res, path) -> Path:
     fig, axes = figure(3, 1, size=(4.2, 3.3))
     ax = axes[0][0]
     _accuracy_panel(ax, res)
+    if res.matched is not None:
+        mw = res.matched.per_width
+        ax.errorbar([p.width for p in mw], [p.target_acc_mean for p in mw],
+                    np.nan_to_num([p.target_acc_std for p in mw]), marker="s", capsize=3, color="k",
+                    label=f"target at matched source acc. {fmt.pct(res.matched.level)}")
+        ax.plot([p.width for p in mw], [p.source_acc_mean for p in mw], "k:", marker=".",
+                label="source at the matched snapshots")
     ax.set_title(f"new last layer ({res.probe}, {res.layer})", fontsize=9)
     ax.set_ylabel("test accuracy (dashed: source)")
     ax = axes[0][1]
@@ -372,6 +450,9 @@ def plot_transfer(res, path) -> Path:
                 marker="o", capsize=3, label="input reconstruction R^2")
     ax.plot(W, [p.knn_acc_mean for p in res.per_width], "s-", label="10-NN source accuracy")
     ax.plot(W, [p.knn_acc_matched for p in res.per_width], "^--", label="10-NN at matched source acc.")
+    if res.matched is not None:
+        mw = res.matched.per_width
+        ax.plot(W, [p.recon_r2_mean for p in mw], "ks:", label="R^2 at matched source acc.")
     ax.set_title("information in the hidden state", fontsize=9)
     for a in axes[0]:
         a.set_xscale("log", base=2)
@@ -432,6 +513,18 @@ class Transfer(Analysis):
              + [fmt.pm(p.recon_r2_mean, p.recon_r2_std), fmt.num(p.knn_acc_mean), fmt.num(p.knn_acc_matched)]
              for p in pw]))
         b.lines = [_trend_reading(res)]
+        if res.matched is not None:
+            m = res.matched
+            b.tables.append(Table(
+                f"At matched source accuracy {fmt.pct(m.level)} ({m.rule}): each width read at the snapshot whose "
+                "mean source test accuracy is closest to it",
+                ["width", "step", "source acc", "target acc", "input R²", "10-NN"],
+                [[str(p.width), str(p.step), fmt.pm(p.source_acc_mean, p.source_acc_std),
+                  fmt.pm(p.target_acc_mean, p.target_acc_std), fmt.pm(p.recon_r2_mean, p.recon_r2_std),
+                  fmt.num(p.knn_acc_mean)] for p in m.per_width]))
+            b.lines.append(_matched_reading(m))
+        else:
+            b.lines.append(f"no comparison at matched source accuracy: {res.matched_note}")
         if len(pw) > 1 and math.isfinite(pw[0].recon_r2_mean):
             lo, hi = pw[0], pw[-1]
             b.lines.append(f"input reconstruction R² {fmt.num(lo.recon_r2_mean)} at N={lo.width} → "
@@ -451,3 +544,17 @@ def _trend_reading(res: TransferResult) -> str:
     return (f"target accuracy {fmt.pct(lo.target_acc_mean)} at N={lo.width} and {fmt.pct(hi.target_acc_mean)} at "
             f"N={hi.width}: {fmt.signed(t.slope)}{err} per width doubling vs {fmt.signed(s.slope)} for the source; "
             + verdict)
+
+
+def _matched_reading(m: MatchedTransfer) -> str:
+    """Whether target accuracy rises with width once source accuracy is matched, with the slope and its error."""
+    t, src, lo, hi = m.target_trend, m.source_trend, m.per_width[0], m.per_width[-1]
+    err = t.slope_err if math.isfinite(t.slope_err) else 0.0
+    verdict = ("rises with width" if t.slope - err > 0 else "falls with width" if t.slope + err < 0
+               else "shows no clear trend with width")
+    accs = [p.source_acc_mean for p in m.per_width]
+    steps = ", ".join(f"{p.step} (N={p.width})" for p in m.per_width)
+    return (f"at matched source accuracy {fmt.pct(m.level)} (actual {fmt.pct(min(accs))}–{fmt.pct(max(accs))}, "
+            f"{fmt.signed(src.slope, 4)} ± {src.slope_err:.4f} per width doubling), target accuracy {verdict}: "
+            f"{fmt.pct(lo.target_acc_mean)} at N={lo.width} and {fmt.pct(hi.target_acc_mean)} at N={hi.width}, "
+            f"{fmt.signed(t.slope, 4)} ± {err:.4f} per width doubling; snapshot steps {steps}")

@@ -6,6 +6,7 @@ The computational core of the ``lr-phase``, ``subspace``, ``ntk-scaling`` and ``
 * :func:`ntk`, :func:`ntk_top_eigenvalue` -- empirical NTK (torch.func) and lambda_0 (Lanczos on jvp/vjp),
   normalization in :data:`CONVENTION`.
 * :func:`hessian_top_eigs`, :func:`gradient_overlap`, :func:`subspace_stability` -- tiny subspace.
+* :func:`curvature`, :class:`GaussNewtonOperator` -- trace (Hutch++), SLQ spectral density, Gauss-Newton.
 * :func:`lr_phase`, :func:`catapult_recurrence`, :class:`TwoLayerLinear` -- catapult mechanism.
 * :func:`ntk_scaling`, :func:`track_kernel` -- kernel change and linearization gap vs width.
 * :func:`track_subspace`, :func:`projected_sgd` -- overlap over training; top-only vs bulk-only SGD.
@@ -14,6 +15,7 @@ The computational core of the ``lr-phase``, ``subspace``, ``ntk-scaling`` and ``
 from .catapult import (LRPhaseResult, PhaseRun, TwoLayerLinear, WidthPhases, catapult_recurrence,
                        classify, scan_lrs)
 from .coord_check import ParamCoords, coord_check
+from .curvature import Curvature, GaussNewtonOperator, curvature
 from .hessian import (GradientOverlap, HessianEigs, gradient_overlap, hessian_top_eigs, random_subspace,
                       subspace_stability)
 from .lanczos import lanczos
@@ -24,9 +26,9 @@ from .subspace import ProjectedSGD, SubspaceTrack, projected_sgd, track_subspace
 from .train import GD
 
 __all__ = [
-    "CONVENTION", "GD", "GradientOverlap", "HessianEigs", "KernelTrajectory", "LRPhaseResult", "Linearized",
+    "CONVENTION", "Curvature", "GD", "GaussNewtonOperator", "GradientOverlap", "HessianEigs", "KernelTrajectory", "LRPhaseResult", "Linearized",
     "NTKEigen", "NTKScalingResult", "ParamCoords", "PhaseRun", "ProjectedSGD", "ScalingFit", "SubspaceTrack",
-    "TwoLayerLinear", "WidthPhases", "catapult_recurrence", "classify", "coord_check", "gradient_overlap",
+    "TwoLayerLinear", "WidthPhases", "catapult_recurrence", "classify", "coord_check", "curvature", "gradient_overlap",
     "hessian_top_eigs", "lanczos", "lr_phase", "ntk", "ntk_scaling", "ntk_top_eigenvalue", "projected_sgd",
     "random_subspace", "scan_lrs", "subspace_stability", "track_kernel", "track_subspace",
 ]

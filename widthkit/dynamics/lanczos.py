@@ -25,16 +25,18 @@ class Eigs:
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1, *,
             max_iter: int | None = None, tol: float = 1e-7, dtype=torch.float64, device=None,
-            seed: int = 0, check_every: int = 4) -> Eigs:
+            seed: int = 0, check_every: int = 4, start: torch.Tensor | None = None) -> Eigs:
     """Largest (algebraic) ``k`` eigenpairs of the symmetric operator ``matvec`` on R^dim.
 
     Stops when every wanted Ritz pair has residual ``|beta_m s_mi| <= tol * max|theta|`` or after
     ``max_iter`` steps (default ``min(dim, max(10k + 50, 80))``). Work happens in ``dtype``.
+    ``start``: the first Lanczos vector (default: a random one from ``seed``), normalized here.
     """
     k = max(1, min(int(k), dim))
     max_iter = min(dim, max_iter if max_iter is not None else max(10 * k + 50, 80))
     g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(dim, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    q = torch.randn(dim, generator=g, dtype=torch.float64) if start is None else start.to(torch.float64)
+    q = q.to(device=device, dtype=dtype)
     q = q / q.norm()
     Q = [q]
     alphas: list[float] = []

@@ -116,3 +116,27 @@ def test_one_d_signals_are_drawn_as_lines(tmp_path):
     ink = (pics < 0.9).any(-1)                            # the line's pixels
     cols = ink.any(1)                                     # [K, 40]: the line crosses every column once
     assert cols[:, 2:-2].all() and ink.sum((1, 2)).max() < 40 * 12
+
+
+class FakeRun:
+    """A run-store view with snapshots at steps 10, 20, 30 (or only the last step) and known accuracies."""
+
+    seeds = [0, 1]
+
+    def __init__(self, acc: dict):
+        self.acc = acc
+
+    def snapshot_steps(self, width):
+        return [10, 20, 30][-len(self.acc[width]):]
+
+    def metrics(self, width):
+        a = np.asarray(self.acc[width])
+        return {"test_acc": np.stack([a - 0.01, a + 0.01]), "step": self.snapshot_steps(width)}
+
+
+def test_probes_read_every_width_at_matched_source_accuracy():
+    from widthkit.analyses.atlas_width import matched_steps
+    steps, level = matched_steps(FakeRun({8: [0.5, 0.7, 0.8], 32: [0.6, 0.9, 0.95]}), [8, 32])
+    assert level == pytest.approx(0.8) and steps == {8: 30, 32: 20}  # the wide net reaches 0.8 earlier
+    steps, level = matched_steps(FakeRun({8: [0.8], 32: [0.95]}), [8, 32])
+    assert np.isnan(level) and steps == {8: 30, 32: 30}  # no snapshots: the final members

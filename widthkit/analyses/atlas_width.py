@@ -5,8 +5,10 @@ stage: for every finished width and every seed, three linear probes of ``layer``
 (:func:`atlases.neuron_vs_group`: the most class-selective single neuron, the top-``k`` neurons, the
 top-``k`` PCA directions), fitted on at most ``examples`` training inputs and scored on the test split
 (conv and token layers averaged over positions).  If single neurons lose class information with width
-while groups keep it, the information is carried by groups of neurons, not by single ones.  It reads
-the final members (the run store keeps no snapshots at matched accuracy).
+while groups keep it, the information is carried by groups of neurons, not by single ones.  When the
+run kept weight snapshots (``train.snapshots``) every width is read at matched source accuracy, as in
+``transfer`` (Gilboa & Gur-Ari's protocol): the snapshot whose mean test accuracy is closest to the
+highest level every width reaches; otherwise the final members.
 
 The ``atlas-width`` analysis adds one atlas per width (minutes, so off in the study by default).
 """
@@ -60,19 +62,36 @@ class NeuronGroupWidths(Result):
     group_acc: list[float]
     per_seed: dict[str, list[list[float]]]   # kind -> [width][seed]
     seconds: float
+    steps: list[int]                    # per width, the training step the members were read at
+    level: float                        # the matched source accuracy (NaN: final members, no snapshots)
 
     def sd(self, kind: str) -> np.ndarray:
         """Standard deviation over seeds per width (0 with one seed)."""
         return np.asarray(self.per_seed[kind]).std(1)
 
 
+def matched_steps(view, widths: list[int]) -> tuple[dict[int, int], float]:
+    """Per width, the step at matched source accuracy and that accuracy (the last steps and NaN when the run
+    kept no snapshots); see :func:`widthkit.analyses.transfer.match_steps`."""
+    from .transfer import match_steps, source_acc
+    curves = {w: (view.snapshot_steps(w), [float(np.nanmean(source_acc(view, w, s))) for s in view.snapshot_steps(w)])
+              for w in widths}
+    if all(len(steps) == 1 for steps, _ in curves.values()):
+        return {w: steps[-1] for w, (steps, _) in curves.items()}, float("nan")
+    level, steps = match_steps(curves)
+    return steps, level
+
+
 def measure_neuron_group(view, layer: str = PENULTIMATE, *, k: int = 10, examples: int = 1000,
-                         widths: list[int] | None = None, seeds: list[int] | None = None) -> NeuronGroupWidths:
-    """The neuron-vs-group probes of every (width, seed) member of a run-store view."""
+                         widths: list[int] | None = None, seeds: list[int] | None = None,
+                         matched: bool = True) -> NeuronGroupWidths:
+    """The neuron-vs-group probes of every (width, seed) member of a run-store view, at matched source
+    accuracy when the run kept snapshots and ``matched`` (else the final members)."""
     import atlases
     task = view.task()
     widths = list(widths or view.widths)
     seeds = list(seeds or view.seeds)
+    at, level = matched_steps(view, widths) if matched else ({}, float("nan"))
     n = min(int(examples), len(task.x_train))
     x_tr, y_tr = task.x_train[:n], task.y_train[:n].numpy()
     x_te, y_te = task.x_test[:n], task.y_test[:n].numpy()
@@ -83,7 +102,7 @@ def measure_neuron_group(view, layer: str = PENULTIMATE, *, k: int = 10, example
         for w in widths:
             got = []
             for s in seeds:
-                model = view.load_member(w, s)
+                model = view.load_member(w, s, step=at.get(w))
                 name = resolve_layer(model, layer)
                 got.append(atlases.neuron_vs_group(extract_features(model, x_tr, name, pool="mean"), y_tr,
                                                    extract_features(model, x_te, name, pool="mean"), y_te,
@@ -95,8 +114,10 @@ def measure_neuron_group(view, layer: str = PENULTIMATE, *, k: int = 10, example
             info(f"width {w}: best neuron {np.mean(rows[KINDS[0]][-1]):.3f}, top-{got[0].k} neurons "
                  f"{np.mean(rows[KINDS[1]][-1]):.3f}, top-{got[0].k} PCA directions {np.mean(rows[KINDS[2]][-1]):.3f}")
     mean = {kind: [float(np.mean(r)) for r in rows[kind]] for kind in KINDS}
+    last = {w: view.snapshot_steps(w)[-1] for w in widths}
     return NeuronGroupWidths(name, int(min(k, min(n_neurons))), n, widths, seeds, n_neurons, mean[KINDS[0]],
-                             mean[KINDS[1]], mean[KINDS[2]], rows, time.perf_counter() - t0)
+                             mean[KINDS[1]], mean[KINDS[2]], rows, time.perf_counter() - t0,
+                             [int(at.get(w, last[w])) for w in widths], level)
 
 
 def plot_neuron_group(res: NeuronGroupWidths, ax) -> None:
@@ -114,6 +135,8 @@ def plot_neuron_group(res: NeuronGroupWidths, ax) -> None:
 
 def neuron_group_reading(res: NeuronGroupWidths) -> str:
     """One sentence: do single neurons lose class information with width while groups keep it?"""
+    when = (f"at matched source accuracy {fmt.pct(res.level)}, " if np.isfinite(res.level)
+            else "at the end of training (no snapshots to match source accuracy), ")
     def change(mean, kind):
         d = mean[-1] - mean[0]
         tol = 0.01 + 2 * float(max(res.sd(kind)[0], res.sd(kind)[-1]))
@@ -122,7 +145,7 @@ def neuron_group_reading(res: NeuronGroupWidths) -> str:
     group = change(res.group_acc, KINDS[2])
     claim = ("as Gilboa & Gur-Ari report" if neuron == "lose" and group != "lose"
              else "not the loss Gilboa & Gur-Ari report for wide networks")
-    return (f"from N={res.widths[0]} to N={res.widths[-1]} the best single neuron's probe goes "
+    return (f"{when}from N={res.widths[0]} to N={res.widths[-1]} the best single neuron's probe goes "
             f"{fmt.pct(res.best_neuron_acc[0])} → {fmt.pct(res.best_neuron_acc[-1])}, the top-{res.k} neurons' "
             f"{fmt.pct(res.topk_acc[0])} → {fmt.pct(res.topk_acc[-1])}, {res.k} PCA directions' "
             f"{fmt.pct(res.group_acc[0])} → {fmt.pct(res.group_acc[-1])}: single neurons {neuron} class "
@@ -132,8 +155,8 @@ def neuron_group_reading(res: NeuronGroupWidths) -> str:
 def neuron_group_table(res: NeuronGroupWidths) -> Table:
     return Table(f"layer {res.layer}: linear-probe test accuracy (mean ± sd over {len(res.seeds)} seeds, "
                  f"{res.examples} training inputs) of one neuron, the top-{res.k} neurons and {res.k} PCA directions",
-                 ["width", "neurons", "best neuron", f"top-{res.k} neurons", f"{res.k} PCA directions"],
-                 [[str(w), str(n)] + [fmt.pm(m[i], res.sd(kind)[i]) for kind, m in
+                 ["width", "neurons", "step", "best neuron", f"top-{res.k} neurons", f"{res.k} PCA directions"],
+                 [[str(w), str(n), str(res.steps[i])] + [fmt.pm(m[i], res.sd(kind)[i]) for kind, m in
                                       zip(KINDS, (res.best_neuron_acc, res.topk_acc, res.group_acc))]
                   for i, (w, n) in enumerate(zip(res.widths, res.n_neurons))])
 

@@ -16,9 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import matplotlib.image as mpimg
+import numpy as np
 
 from atlases.hooks import PENULTIMATE, resolve_layer
 
@@ -79,6 +78,7 @@ class MemberAtlas(Result):
 
 @dataclass
 class AtlasRunResult(Result):
+    schema_version = 2          # 2: the neuron-vs-group probes, cell labels and neuron atlases
     run: str
     atlases: list[MemberAtlas]
     probes: NeuronGroupWidths | None = None

@@ -180,6 +180,7 @@ class AtlasWidthOptions:
 class AtlasWidthResult(NeuronGroupWidths):
     """The neuron-vs-group measure, plus one atlas per width (folders relative to the analysis folder)."""
 
+    schema_version = 2          # 2: three probes over every seed, at matched source accuracy
     run: str
     seed: int
     folders: list[str]

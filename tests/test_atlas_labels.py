@@ -71,6 +71,9 @@ def test_penultimate_label_is_the_head_of_the_cell_mean(net, tmp_path):
     np.testing.assert_allclose(effect, head, atol=1e-4)
     lay.effect = effect
     np.testing.assert_array_equal(lay.labels, head.argmax(1))
+    names = [f"c{i}" for i in range(10)]  # the viewer's tooltip shows the label beside the class mix
+    recs = atlases.viewer.cell_records(lay, class_names=names)
+    assert [r["label"] for r in recs] == [names[c] for c in head.argmax(1)] and all("classes" in r for r in recs)
     np.testing.assert_allclose(grad, model[4].weight.detach().numpy(), atol=1e-5)  # d logits / d a = W
 
 

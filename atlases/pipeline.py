@@ -86,20 +86,25 @@ def _result(lay: Layout, out_dir, secs, acts_path, class_index=None, **neurons) 
                        class_index=class_index, **neurons)
 
 
-def neuron_atlas(model: nn.Module, layer: str, lay: Layout, acts: Activations, k: int, out_dir: str | Path, *,
-                 mean_grad: np.ndarray | None = None, size: int = 64, steps: int = 128, seed: int = 0,
-                 image_shape=None, class_names=None) -> dict:
-    """The ``k`` most class-selective single neurons of ``layer`` (:func:`atlases.probe.selectivity` on the
-    collected vectors), feature-visualized like the cells, in ``neurons.png`` captioned
-    ``n<index>:<class it pushes up most>`` (from ``mean_grad [C, D]``, the mean logit gradient)."""
-    labels = acts.labels
-    if labels is None:
+def most_selective(acts: Activations, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``k`` most class-selective neurons, best first; every neuron's selectivity) of the collected
+    vectors (:func:`atlases.probe.selectivity`)."""
+    if acts.labels is None:
         raise WidthkitError("neuron atlases rank neurons by class selectivity; collect with labels")
-    sel = selectivity(acts.vectors(), labels)
-    top = np.argsort(-sel, kind="stable")[:k]
+    sel = selectivity(acts.vectors(), acts.labels)
+    return np.argsort(-sel, kind="stable")[:k], sel
+
+
+def neuron_atlas(model: nn.Module, layer: str, lay: Layout, acts: Activations, k: int, out_dir: str | Path, *,
+                 effects: np.ndarray | None = None, size: int = 64, steps: int = 128, seed: int = 0,
+                 image_shape=None, class_names=None) -> dict:
+    """The ``k`` most class-selective single neurons of ``layer`` (:func:`most_selective`), feature-visualized
+    like the cells, in ``neurons.png`` captioned ``n<index>:<class it pushes up most>`` (from ``effects [k, C]``,
+    their effects on the logits from :func:`atlases.labels.logit_effects`)."""
+    top, sel = most_selective(acts, k)
     pics = render_neurons(model, layer, top, lay, acts=acts, size=size, steps=steps, seed=seed,
                           image_shape=image_shape)
-    push = [] if mean_grad is None else [int(mean_grad[:, j].argmax()) for j in top]
+    push = [] if effects is None else [int(c) for c in effects.argmax(1)]
     name = (lambda c: class_names[c] if class_names else str(c))  # noqa: E731
     caps = [f"n{j}" + (f":{name(push[i])}" if push else "") for i, j in enumerate(top)]
     png = compose_row(pics, caps, Path(out_dir) / "neurons.png")
@@ -132,9 +137,11 @@ def make_atlas(model: nn.Module, layer: str, data, out_dir: str | Path, *, max_v
     lay = make_layout(acts, grid, min_count=min_count, n_neighbors=n_neighbors, pca=pca, fit_max=fit_max,
                       seed=seed)
     t2 = time.perf_counter()
-    mean_grad = None
+    effects = None
     if labels:
-        lay.effect, mean_grad = logit_effects(model, layer, data, acts, lay)
+        top = most_selective(acts, neurons)[0] if neurons > 0 else []
+        lay.effect, effects = logit_effects(model, layer, data, acts, lay,
+                                            directions=np.eye(acts.dim)[top] if len(top) else None)
     t3 = time.perf_counter()
     info(f"atlas {layer}: {acts.n} activations -> {lay.n_cells} cells; rendering icons")
     _, secs = write_atlas(model, lay, out, acts=acts, layer=layer, size=size, steps=steps, batch=batch,
@@ -142,7 +149,7 @@ def make_atlas(model: nn.Module, layer: str, data, out_dir: str | Path, *, max_v
                           density_alpha=density_alpha, class_names=class_names, image_shape=image_shape,
                           icons=icons)
     t4 = time.perf_counter()
-    extra = neuron_atlas(model, layer, lay, acts, neurons, out, mean_grad=mean_grad, size=size, steps=steps,
+    extra = neuron_atlas(model, layer, lay, acts, neurons, out, effects=effects, size=size, steps=steps,
                          seed=seed, image_shape=image_shape, class_names=class_names) if neurons > 0 else {}
     secs = {"collect": t1 - t0, "layout": t2 - t1, "labels": t3 - t2, **secs, "neurons": time.perf_counter() - t4}
     return _result(lay, out, secs, str(acts.path), **extra)

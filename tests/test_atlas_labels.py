@@ -65,7 +65,7 @@ def cells_of(net, layer, tmp_path):
 
 def test_penultimate_label_is_the_head_of_the_cell_mean(net, tmp_path):
     model, x, y, acts, lay = cells_of(net, "3", tmp_path)
-    effect, grad = atlases.logit_effects(model, "3", (x, y), acts, lay, batch_size=64)
+    effect, push = atlases.logit_effects(model, "3", (x, y), acts, lay, batch_size=64, directions=np.eye(12)[[4, 7]])
     with torch.no_grad():
         head = model[4](torch.as_tensor(lay.means)).numpy()
     np.testing.assert_allclose(effect, head, atol=1e-4)
@@ -74,7 +74,7 @@ def test_penultimate_label_is_the_head_of_the_cell_mean(net, tmp_path):
     names = [f"c{i}" for i in range(10)]  # the viewer's tooltip shows the label beside the class mix
     recs = atlases.viewer.cell_records(lay, class_names=names)
     assert [r["label"] for r in recs] == [names[c] for c in head.argmax(1)] and all("classes" in r for r in recs)
-    np.testing.assert_allclose(grad, model[4].weight.detach().numpy(), atol=1e-5)  # d logits / d a = W
+    np.testing.assert_allclose(push, model[4].weight.detach().numpy()[:, [4, 7]].T, atol=1e-5)  # J e_j = W[:, j]
 
 
 def test_earlier_layer_label_is_the_linear_approximation(net, tmp_path):
@@ -143,3 +143,27 @@ def test_probes_read_every_width_at_matched_source_accuracy():
     assert level == pytest.approx(0.8) and steps == {8: 30, 32: 20}  # the wide net reaches 0.8 earlier
     steps, level = matched_steps(FakeRun({8: [0.8], 32: [0.95]}), [8, 32])
     assert np.isnan(level) and steps == {8: 30, 32: 30}  # no snapshots: the final members
+
+
+def test_conv_labels_expand_around_each_sampled_position(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 3, 6, 6, generator=g), torch.randint(0, 4, (20,), generator=g)
+    acts = atlases.collect(model, "1", (x, y), out=tmp_path / "c.h5", positions_per_image=3)
+    lay = atlases.layout(acts, grid=2, coords=np.random.default_rng(0).random((acts.n, 2)))
+    effect, _ = atlases.logit_effects(model, "1", (x, y), acts, lay, batch_size=8)
+    rest, k = model[2:], int(np.argmax(lay.counts))
+    members = np.flatnonzero(lay.cell_of == lay.cells[k, 1] * lay.grid + lay.cells[k, 0])
+    inp, pos = acts.read("input_index"), acts.read("position")
+    with torch.no_grad():
+        maps = model[:2](x)                                           # [20, 6, 6, 6]
+    want = []
+    for i in members:                                                 # an independent JVP per member vector
+        a = maps[inp[i]]
+        t = torch.zeros_like(a)
+        t.view(6, -1)[:, pos[i]] = torch.as_tensor(lay.means[k]) - a.view(6, -1)[:, pos[i]]
+        z, jv = torch.autograd.functional.jvp(lambda m: rest(m[None])[0], a, t)
+        want.append((z + jv).numpy())
+    np.testing.assert_allclose(effect[k], np.mean(want, 0), atol=1e-4)

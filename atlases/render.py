@@ -78,6 +78,12 @@ def _numpy_seed(seed: int):
         np.random.set_state(state)
 
 
+def is_lowres(input_shape, image_shape=None) -> bool:
+    """Inputs rendered at their own resolution: images of at most ``LOWRES`` px a side, and 1-D signals."""
+    image_shape = image_shape if image_shape and len(image_shape) == 3 else guess_image_shape(tuple(input_shape))
+    return max(image_shape[1:]) <= LOWRES if image_shape else is_signal(input_shape)
+
+
 def input_prior(x01: np.ndarray, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
     """(mean ``[P]``, basis ``B = 4 cov^(1/2)`` ``[P, P]``) of inputs ``x01 [M, P]`` scaled to [0, 1]."""
     x01 = np.asarray(x01, np.float64).reshape(len(x01), -1)
@@ -132,7 +138,7 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
     if image_shape is None or len(image_shape) != 3:
         image_shape = guess_image_shape(input_shape)
     if native is None:
-        native = max(image_shape[1:]) <= LOWRES if image_shape else is_signal(input_shape)
+        native = is_lowres(input_shape, image_shape)
     if image_shape is None and not (native and is_signal(input_shape)):
         raise WidthkitError(f"model inputs of shape {input_shape} are neither images nor 1-D signals; "
                             "pass image_shape=(C, H, W)")
@@ -224,7 +230,7 @@ def _input_kwargs(meta: dict, dirs: np.ndarray, acts=None, image_shape=None, top
     shape = image_shape or meta.get("image_shape") or None
     kw = dict(input_shape=meta["input_shape"], image_shape=shape,
               input_range=(meta["input_lo"], meta["input_hi"]) if "input_lo" in meta else None)
-    x = acts.inputs01() if acts is not None else None
+    x = acts.inputs01() if acts is not None and is_lowres(meta["input_shape"], shape) else None
     if x is not None and x[0].size == int(np.prod(meta["input_shape"])):
         x = x.reshape(len(x), -1)
         kw["prior"] = input_prior(x)

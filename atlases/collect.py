@@ -23,10 +23,11 @@ from torch import nn
 from widthkit.errors import WidthkitError
 from widthkit.progress import bar
 
-from .data import guess_image_shape, iter_batches
+from .data import guess_image_shape, is_signal, iter_batches
 from .hooks import capture, get_layer, positions
 
 THUMB = 32  # thumbnails kept per input for the viewer are at most THUMB x THUMB
+MAX_SIGNAL = 4096  # 1-D signals of at most this length are kept whole (viewer thumbnails, icon prior)
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class Activations:
 
     Datasets: ``vectors [N,D]`` float32, ``input_index [N]``, ``position [N]`` (flat
     spatial/token index), optional ``labels [N]``, ``attribution [N]``, and per input
-    ``thumbs [M,C,t,t]`` (float16) when inputs are images. Attributes: layer,
+    ``thumbs [M,C,t,t]`` (float16) when inputs are images, ``thumbs [M,L]`` when they are 1-D signals. Attributes: layer,
     input_shape, image_shape, input_lo/input_hi (per-channel input range).
     """
 
@@ -105,17 +106,28 @@ class Activations:
         for s in range(0, n, size):
             yield s, self.vectors(slice(s, min(n, s + size)))
 
-    def thumbs(self, input_index: np.ndarray) -> np.ndarray | None:
-        """Images ``[k, t, t, C]`` in [0, 1] for the given input indices (None when not images)."""
-        th = self.read("thumbs", np.unique(input_index)) if input_index is not None else None
+    def inputs01(self, input_index: np.ndarray | None = None) -> np.ndarray | None:
+        """Stored inputs scaled to [0, 1] by the input range, ``[k, C, t, t]`` or ``[k, L]`` (all when
+        ``input_index`` is None; None when nothing was stored)."""
+        uniq = None if input_index is None else np.unique(input_index)
+        th = self.read("thumbs", slice(None) if uniq is None else uniq)
         if th is None:
             return None
-        uniq = np.unique(input_index)
-        th = th[np.searchsorted(uniq, input_index)].astype(np.float32)
+        if uniq is not None:
+            th = th[np.searchsorted(uniq, input_index)]
         lo, hi = self.input_range
-        lo, hi = lo.reshape(1, -1, 1, 1), hi.reshape(1, -1, 1, 1)
-        th = np.clip((th - lo) / np.maximum(hi - lo, 1e-8), 0, 1)
-        return th.transpose(0, 2, 3, 1)
+        shape = (1, -1) + (1,) * (th.ndim - 2)
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+        return np.clip((th.astype(np.float32) - lo) / np.maximum(hi - lo, 1e-8), 0, 1)
+
+    def thumbs(self, input_index: np.ndarray) -> np.ndarray | None:
+        """Pictures ``[k, t, t, C]`` in [0, 1] of the given inputs (1-D signals drawn as lines; None when
+        no inputs were stored)."""
+        from .compose import pictures
+        x = self.inputs01(input_index)
+        if x is None:
+            return None
+        return x.transpose(0, 2, 3, 1) if x.ndim == 4 else pictures(x, None, THUMB)
 
 
 def load_activations(path: str | Path) -> Activations:
@@ -205,6 +217,8 @@ def collect(model: nn.Module, layer: str, data, *, max_vectors: int = 100_000,
                         c, hh, ww = img_shape
                         writers["thumbs"] = _Writer(f, "thumbs", (c, min(hh, THUMB), min(ww, THUMB)),
                                                     np.float16, 256)
+                    elif is_signal(in_shape) and in_shape[-1] <= MAX_SIGNAL and keep_thumbs:
+                        writers["thumbs"] = _Writer(f, "thumbs", in_shape, np.float16, 256)
                 writers["vectors"].append(vec[:take].numpy().astype(np.float32))
                 writers["input_index"].append(inp.numpy())
                 writers["position"].append(idx.reshape(-1)[:take].numpy().astype(np.int32))
@@ -216,8 +230,8 @@ def collect(model: nn.Module, layer: str, data, *, max_vectors: int = 100_000,
                 if "attribution" in writers:
                     a = torch.gather(attr.detach().cpu(), 1, idx).reshape(-1)[:take]
                     writers["attribution"].append(a.numpy().astype(np.float32))
+                n_used = int(inp[-1] - n_inputs + 1) if take else 0
                 if img_shape:
-                    n_used = int(inp[-1] - n_inputs + 1) if take else 0
                     imgs = x[:n_used].detach().float().cpu().reshape(n_used, *img_shape)
                     blo, bhi = imgs.amin(dim=(0, 2, 3)).numpy(), imgs.amax(dim=(0, 2, 3)).numpy()
                     lo = blo if lo is None else np.minimum(lo, blo)
@@ -232,6 +246,8 @@ def collect(model: nn.Module, layer: str, data, *, max_vectors: int = 100_000,
                     blo, bhi = np.array([xf.min().item()]), np.array([xf.max().item()])
                     lo = blo if lo is None else np.minimum(lo, blo)
                     hi = bhi if hi is None else np.maximum(hi, bhi)
+                    if "thumbs" in writers and n_used:
+                        writers["thumbs"].append(xf[:n_used].numpy().astype(np.float16))
                 n_inputs += b
                 n_vec += take
                 pb.advance(take)

@@ -38,15 +38,22 @@ def iter_batches(data, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, to
             raise WidthkitError(f"a batch must be a tensor x or a tuple (x, y), not {type(batch).__name__}")
 
 
+def is_signal(input_shape: tuple[int, ...]) -> bool:
+    """A 1-D signal: ``(L,)`` that is not a flattened square image, or one channel ``(1, L)``."""
+    shape = tuple(int(s) for s in input_shape)
+    return (len(shape) == 1 and guess_image_shape(shape) is None) or (len(shape) == 2 and shape[0] == 1)
+
+
 def guess_image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     """``(C, H, W)`` for an input that is an image: 3-D inputs as is, flat inputs when D = C*S*S.
 
     Flat inputs (an MLP on 8x8 digits has ``input_shape == (64,)``) are read as 1- or
-    3-channel square images; anything else is not an image (returns None).
+    3-channel square images, ``(H, W)`` inputs as one-channel images unless H is 1 (a 1-D
+    signal, see :func:`is_signal`); anything else is not an image (returns None).
     """
     if len(input_shape) == 3:
         return tuple(int(s) for s in input_shape)  # type: ignore[return-value]
-    if len(input_shape) == 2:
+    if len(input_shape) == 2 and int(input_shape[0]) > 1:
         return (1, int(input_shape[0]), int(input_shape[1]))
     if len(input_shape) == 1:
         d = int(input_shape[0])

@@ -37,7 +37,8 @@ class Layout:
     ``cells [K,2]`` (gx, gy) of kept cells; ``counts [K]``; ``means [K,D]`` (cell
     directions); ``top [K,top_k]`` vector indices closest to each cell mean (-1 pads);
     ``top_inputs [K,top_k]`` their input indices; ``class_mix [K,C]`` or None;
-    ``cov [D,D]`` activation covariance (for whitening); ``meta`` free-form info.
+    ``cov [D,D]`` activation covariance (for whitening); ``meta`` free-form info;
+    ``effect [K,C]`` each cell mean's effect on the logits (:func:`atlases.labels.logit_effects`) or None.
     """
 
     grid: int
@@ -51,24 +52,31 @@ class Layout:
     class_mix: np.ndarray | None
     cov: np.ndarray | None
     meta: dict = dataclasses.field(default_factory=dict)
+    effect: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
         return len(self.cells)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """lucid's cell labels ``[K]``: the class each cell's mean activation pushes up most (or None)."""
+        return None if self.effect is None else self.effect.argmax(1)
 
     def save(self, path: str | Path) -> Path:
         """Write the full record to HDF5 (``.h5``) or a JSON record (``.json``, no per-vector arrays)."""
         path = Path(path)
         if path.suffix == ".json":
             d = {k: getattr(self, k) for k in ("grid", "cells", "counts", "means", "top", "top_inputs",
-                                                "class_mix", "meta")}
+                                                "class_mix", "meta", "effect")}
             d = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
             atomic_write_text(path, json.dumps(d))
             return path
         with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
             f.attrs["grid"] = self.grid
             f.attrs["meta"] = json.dumps(self.meta)
-            for k in ("coords", "cell_of", "cells", "counts", "means", "top", "top_inputs", "class_mix", "cov"):
+            for k in ("coords", "cell_of", "cells", "counts", "means", "top", "top_inputs", "class_mix", "cov",
+                      "effect"):
                 v = getattr(self, k)
                 if v is not None:
                     f.create_dataset(k, data=v, compression="gzip" if v.size > 4096 else None)
@@ -83,7 +91,7 @@ def load_layout(path: str | Path) -> Layout:
     if path.suffix == ".json":
         d = json.loads(path.read_text())
         arr = {k: (None if d.get(k) is None else np.asarray(d[k])) for k in
-               ("cells", "counts", "means", "top", "top_inputs", "class_mix")}
+               ("cells", "counts", "means", "top", "top_inputs", "class_mix", "effect")}
         return Layout(grid=int(d["grid"]), coords=np.zeros((0, 2)), cell_of=np.zeros(0, np.int64),
                       cov=None, meta=d.get("meta", {}), **arr)
     with h5py.File(path, "r") as f:
@@ -91,7 +99,7 @@ def load_layout(path: str | Path) -> Layout:
         return Layout(grid=int(f.attrs["grid"]), coords=get("coords"), cell_of=get("cell_of"),
                       cells=get("cells"), counts=get("counts"), means=get("means"), top=get("top"),
                       top_inputs=get("top_inputs"), class_mix=get("class_mix"), cov=get("cov"),
-                      meta=json.loads(f.attrs.get("meta", "{}")))
+                      meta=json.loads(f.attrs.get("meta", "{}")), effect=get("effect"))
 
 
 def _import_umap():

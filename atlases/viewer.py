@@ -2,7 +2,8 @@
 
 Drag to pan, wheel to zoom (or the +/- buttons). Hovering a cell shows a tooltip with
 its count, the dataset examples closest to the cell mean (thumbnails when inputs are
-images, otherwise their indices) and, when labels exist, its class mix.
+images or 1-D signals, otherwise their indices), the class the cell's mean activation pushes up
+most (lucid's label, also drawn on the atlas) and, when labels exist, its class mix.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _b64png(img) -> str:
 
 
 def cell_records(layout, acts=None, class_names=None) -> list[dict]:
-    """Per-cell tooltip data: grid position, count, top examples (+thumbnails), class mix."""
+    """Per-cell tooltip data: grid position, count, top examples (+thumbnails), label, class mix."""
     thumbs = None
     if acts is not None and layout.top_inputs.size:
         ti = layout.top_inputs
@@ -37,6 +38,9 @@ def cell_records(layout, acts=None, class_names=None) -> list[dict]:
         rec = {"gx": int(gx), "gy": int(gy), "count": int(layout.counts[k]), "top": top}
         if thumbs is not None:
             rec["thumbs"] = [thumbs[i] for i in top]
+        if layout.labels is not None:
+            lab = int(layout.labels[k])
+            rec["label"] = class_names[lab] if class_names else str(lab)
         if layout.class_mix is not None:
             mix = layout.class_mix[k]
             names = class_names or [str(i) for i in range(len(mix))]
@@ -83,6 +87,7 @@ function show(k, e){
   let h = `<b>cell (${c.gx}, ${c.gy})</b><br>count: <span class="count">${c.count}</span><br>`;
   if (c.thumbs) h += '<div class="examples">' + c.thumbs.map((t, i) => `<img src="${t}" title="input ${c.top[i]}">`).join('') + '</div>';
   else h += '<div class="examples">top inputs: ' + c.top.join(', ') + '</div>';
+  if (c.label !== undefined) h += `<div class="label">pushes up: <b>${esc(c.label)}</b></div>`;
   if (c.classes) { const n = c.classes.reduce((a, b) => a + b[1], 0);
     h += '<div class="classes">' + c.classes.slice(0, 6).map(([name, m]) => `<div>${esc(name)}: ${(100 * m / n).toFixed(0)}% <span class="bar" style="width:${Math.round(80 * m / n)}px"></span></div>`).join('') + '</div>'; }
   tip.innerHTML = h; tip.style.display = 'block'; move(e);
@@ -107,7 +112,7 @@ def write_html(layout, icons: np.ndarray, path: str | Path, *, acts=None, title:
         from .collect import Activations
         acts = Activations(Path(layout.meta["activations"]))
     g, s = layout.grid, icons.shape[1]
-    img = compose(layout, icons, density_alpha=density_alpha)
+    img = compose(layout, icons, density_alpha=density_alpha, class_names=class_names)
     cells = "".join(
         f'<div class="cell" id="cell-{int(gx)}-{int(gy)}" data-k="{k}" style="left:{int(gx) * s}px;'
         f'top:{(g - 1 - int(gy)) * s}px;width:{s}px;height:{s}px"></div>'
@@ -119,4 +124,33 @@ def write_html(layout, icons: np.ndarray, path: str | Path, *, acts=None, title:
             .replace("__DATA__", json.dumps(cell_records(layout, acts, class_names)).replace("</", "<\\/")))
     path = Path(path)
     atomic_write_text(path, page)
+    return path
+
+
+_LAYERS = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>activation atlases</title>
+<style>
+ body{margin:0;font:13px sans-serif;background:#222;color:#eee}
+ #pick{height:28px;padding:4px 10px;box-sizing:border-box}
+ iframe{position:absolute;top:28px;left:0;width:100%;height:calc(100% - 28px);border:0;display:none}
+ iframe.on{display:block}
+</style></head><body>
+<div id="pick">layer: <select id="layer">__OPTIONS__</select></div>
+__FRAMES__
+<script>
+const sel = document.getElementById('layer');
+sel.onchange = () => document.querySelectorAll('iframe').forEach((f, i) => f.classList.toggle('on', i === +sel.value));
+</script></body></html>
+"""
+
+
+def write_layers_html(folders, path: str | Path, names) -> Path:
+    """One page that switches between the viewers (``<folder>/atlas.html``) of several atlases, e.g. one
+    per layer; each viewer is embedded whole, so the page is self-contained and every atlas keeps its layout."""
+    options = "".join(f'<option value="{i}">{html.escape(n)}</option>' for i, n in enumerate(names))
+    frames = "".join(f'<iframe class="{"on" if i == 0 else ""}" title="{html.escape(n)}" srcdoc="'
+                     f'{html.escape((Path(d) / "atlas.html").read_text())}"></iframe>'
+                     for i, (d, n) in enumerate(zip(folders, names)))
+    path = Path(path)
+    atomic_write_text(path, _LAYERS.replace("__OPTIONS__", options).replace("__FRAMES__", frames))
     return path

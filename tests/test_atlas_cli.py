@@ -43,6 +43,24 @@ def test_atlas_command_on_a_ladder_member(tiny_run, tmp_path, capsys):
     assert "finished: [8, 32]" in capsys.readouterr().err
 
 
+def test_atlas_layers_probes_and_neurons(tiny_run, tmp_path, capsys):
+    rc = main(["atlas", str(tiny_run), "--widths", "32", "--layers", "act0,act1", "--grid", "3", "--min-count", "1",
+               "--steps", "2", "--size", "16", "--max-vectors", "300", "--k", "3", "--examples", "200",
+               "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [a["layer"] for a in res["atlases"]] == ["act0", "act1"]
+    page = (tmp_path / "layers.html").read_text()  # one page, one embedded viewer per layer
+    assert page.count("<iframe") == 2 and page.count("<option") == 2 and "width 32, act0" in page
+    for a in res["atlases"]:
+        assert len(a["neurons"]) == 3 and len(a["neuron_labels"]) == 3
+        assert (tmp_path / a["folder"] / "neurons.png").is_file() and a["labels_dominant"] >= 0
+    p = res["probes"]
+    assert p["widths"] == [8, 32] and p["layer"] == "act0" and p["examples"] == 200
+    assert all(len(v) == 2 and len(v[0]) == 1 for v in p["per_seed"].values())  # [width][seed]
+    assert (tmp_path / "neuron_vs_group.png").is_file() and (tmp_path / "neurons_vs_groups.png").is_file()
+
+
 def test_atlas_width_command(tiny_run, tmp_path, capsys):
     rc = main(["atlas-width", str(tiny_run), "--grid", "3", "--steps", "2", "--size", "8", "--max-vectors", "300",
                "--k", "5", "--out", str(tmp_path), "--json"])

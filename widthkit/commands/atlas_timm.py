@@ -26,12 +26,13 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="input size (default: the model's for image folders, 32 otherwise); "
                         "images are resized and made 3-channel to fit")
-    add_option_flags(p, [f for f in option_fields(AtlasOptions) if f[0] not in ("widths", "seed")])
+    add_option_flags(p, [f for f in option_fields(AtlasOptions) if f[0] not in ONLY_LADDERS])
     p.add_argument("--out", default=None, help="output folder (default: DATA_ROOT/atlas/NAME-LAYER)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 IMAGE_DATA = ("digits", "cifar10", "cifar100", "imagefolder")
+ONLY_LADDERS = ("widths", "seed", "layers", "probes", "examples")   # atlas options about ladder members
 
 
 def read_state_dict(path: str) -> dict:
@@ -124,11 +125,11 @@ def run(args) -> int:
     layer = resolve_layer(model, o.layer)
     out = Path(args.out) if args.out else base / "atlas" / atlas_folder(label, layer)
     common = dict(max_vectors=o.max_vectors, positions_per_image=o.positions, grid=o.grid, min_count=o.min_count,
-                  n_neighbors=o.neighbors, size=o.size, steps=o.steps, whiten=o.whiten)
+                  n_neighbors=o.neighbors, size=o.size, steps=o.steps, whiten=o.whiten, icons=o.icons)
     if o.class_index >= 0:
         res = atlases.class_atlas(model, layer, (x, y), o.class_index, out, keep=o.keep, **common)
     else:
-        res = atlases.make_atlas(model, layer, (x, y), out, **common)
+        res = atlases.make_atlas(model, layer, (x, y), out, neurons=o.k, **common)
     res.save(out / "result.json")
     print(res.to_json()) if args.json else info(str(res))
     return 0

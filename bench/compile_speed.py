@@ -49,7 +49,8 @@ def row(family: str, width: int, steps: int, rounds: int) -> dict:
     built = [build_member(recipe, width, s, task) for s in seeds]
     scales = built[0][1].lr_scales()
     batches = Batches(recipe, task, seeds, torch.device("cpu"))
-    record = probe_strategy(lambda idx: [copy.deepcopy(built[i][0]) for i in idx], scales, recipe, batches,
+    record = probe_strategy(lambda idx: [copy.deepcopy(built[i][0]) for i in idx],
+                            lambda idx: {"lr_scales": scales, "optim": recipe.optim}, recipe, batches,
                             torch.device("cpu"), compile_mode="eager")
     torch.set_num_threads(record.get("threads") or torch.get_num_threads())
     eager, comp = (Ensemble([copy.deepcopy(m) for m, _ in built], scales, recipe.optim, recipe.train.loss,

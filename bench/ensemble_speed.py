@@ -117,7 +117,8 @@ def setup(recipe, width, task):
 
 
 def choose(recipe, width, task, models, scales, batches) -> dict:
-    return probe_strategy(lambda idx: [copy.deepcopy(models[i]) for i in idx], scales, recipe, batches,
+    return probe_strategy(lambda idx: [copy.deepcopy(models[i]) for i in idx],
+                          lambda idx: {"lr_scales": scales, "optim": recipe.optim}, recipe, batches,
                           DEVICE)
 
 

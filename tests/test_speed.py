@@ -130,7 +130,8 @@ def test_probe_times_both_conv_layouts_and_the_trainer_uses_its_choice(tmp_path)
     task = load_recipe_task(recipe)
     batches = Batches(recipe, task, [0, 1], torch.device("cpu"))
     table = build_member(recipe, 8, 0, task)[1]
-    record = probe_strategy(lambda idx: [build_member(recipe, 8, i, task)[0] for i in idx], table.lr_scales(),
+    record = probe_strategy(lambda idx: [build_member(recipe, 8, i, task)[0] for i in idx],
+                            lambda idx: {"lr_scales": table.lr_scales(), "optim": recipe.optim},
                             recipe, batches, torch.device("cpu"), steps=1)
     keys = record["probe_seconds_per_member_step"]
     assert isinstance(record["channels_last"], bool) and any(k.endswith("-cl") for k in keys)

@@ -148,3 +148,20 @@ def test_resume_after_sigkill_keeps_every_snapshot_taken_before_the_kill(tmp_pat
         for seed in run.seeds:
             a, b = run.member_state(8, seed, step=step), ref.member_state(8, seed, step=step)
             assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_atlas_reads_the_members_at_its_step(runs, tmp_path, monkeypatch):
+    """Weight-reading analyses take ``step``: the atlas loads each member's snapshot of that step."""
+    from widthkit.analyses import Subject, get_analysis
+    from widthkit.store import RunPoint
+    view = runs["float32"].select(0)
+    step = view.snapshot_steps(view.widths[0])[1]
+    seen, load = [], RunPoint.load_member
+    monkeypatch.setattr(RunPoint, "load_member",
+                        lambda self, w, s, step=None: seen.append((w, step)) or load(self, w, s, step=step))
+    a = get_analysis("atlas")
+    a.run(Subject(view.recipe, view, tmp_path / "atlas"), a.options(view.recipe, **{**a.smoke, "step": step,
+                                                                                       "probes": False}))
+    assert seen == [(view.widths[0], step), (view.widths[-1], step)]
+    with pytest.raises(WidthkitError, match=r"no snapshot of width \d+ at step 7; stored steps"):
+        a.run(Subject(view.recipe, view, tmp_path / "bad"), a.options(view.recipe, **{**a.smoke, "step": 7}))

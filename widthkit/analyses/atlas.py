@@ -38,6 +38,7 @@ class AtlasOptions:
 
     widths: list[int] = opt([], "widths to atlas (default: the narrowest and the widest finished)")
     seed: int = opt(-1, "member seed (-1: the first)")
+    step: int = opt(-1, "snapshot step to read the members at (-1: the end of training)")
     layer: str = opt(PENULTIMATE, "module to atlas and probe (penultimate: the classifier's input)")
     layers: list[str] = opt([], "several modules, one atlas each (comma- or space-separated; overrides layer)")
     max_vectors: PositiveInt = opt(2000, "activation vectors collected")
@@ -179,7 +180,7 @@ class Atlas(Analysis):
         probes = measure_neuron_group(view, layers[0], k=o.k, examples=o.examples) if o.probes else None
         out = []
         for w, seed in _members(view, o):
-            model = view.load_member(w, seed)
+            model = view.load_member(w, seed, step=None if o.step < 0 else o.step)
             for layer in [resolve_layer(model, n) for n in layers]:
                 folder = atlas_folder(f"w{w}-s{seed}", layer)
                 info(f"atlas of width {w} (seed {seed}), layer {layer}")

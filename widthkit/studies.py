@@ -93,7 +93,7 @@ def plan(rp: Recipe) -> list[tuple[str, str]]:
         if n in o.skip:
             why = "skipped by [study] skip"
         elif not a.in_study and n not in o.run:
-            why = "off by default (add it to [study] run)"
+            why = "off by default: add it to [study] run"
         else:
             why = a.applies(Subject(rp), a.options(rp))
         out.append((n, why))

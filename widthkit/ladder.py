@@ -312,7 +312,8 @@ def _remove_checkpoints(out: Path, index: dict) -> None:
     """Delete the checkpoints of ``index``'s jobs (files widthkit wrote), then ``ckpt/`` if it is empty."""
     ckpt = out / "ckpt"
     for key in index["jobs"]:
-        (ckpt / f"{key}.pt").unlink(missing_ok=True)
+        for path in [ckpt / f"{key}.pt", *ckpt.glob(f"{key}-pack*.pt")]:  # packed jobs: see Job.ckpt
+            path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         ckpt.rmdir()  # only when nothing else (a refused checkpoint, a user's file) is left in it
 

@@ -190,6 +190,7 @@ OPTIONS = [  # bad analysis options on a finished run
     ("ensemble-bias", ["--subsets", "0"], "--subsets must be"),
     ("ensemble-bias", ["--subsets", "-4"], "--subsets must be"),
     ("consistency", ["--splits", "0"], "--splits must be"),
+    ("atlas", ["--icons", "exampels"], "invalid choice: 'exampels' (choose from 'optimize', 'examples')"),
     ("ensemble-bias", ["--step", "3"], "step 3 has no stored test outputs"),
     ("ensemble-bias", ["--subsets", "many"], "invalid int value"),
     ("atlas", ["--steps", "-3"], "--steps must be"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -51,7 +52,8 @@ class AtlasOptions:
     whiten: bool = opt(False, "whiten directions by the activation covariance")
     class_index: int = opt(-1, "class atlas: keep the activations most attributed to this class (-1: off)")
     keep: UnitFraction = opt(0.1, "share of activations kept for a class atlas")
-    icons: str = opt("optimize", "icons: optimize (feature visualization) or examples (each cell's average input)")
+    icons: Literal["optimize", "examples"] = opt("optimize", "icons: optimize (feature visualization) or examples "
+                                                 "(each cell's average input)")
     k: PositiveInt = opt(10, "single neurons shown beside each atlas; neurons and PCA directions of the group probes")
     probes: bool = opt(True, "run the neuron-vs-group probes over every width and seed")
     examples: PositiveInt = opt(1000, "training inputs per neuron-vs-group probe")

@@ -1,6 +1,7 @@
 """CLI flags derived from an options dataclass: ``max_vectors`` is ``--max-vectors``, one name everywhere.
 
-bool -> ``--flag/--no-flag``; ``list[T]`` -> space-separated values; int/float/str -> one value.  Every flag
+bool -> ``--flag/--no-flag``; ``list[T]`` -> space-separated values; ``Literal`` -> one of its choices;
+int/float/str -> one value.  Every flag
 defaults to "not given" (None), so the recipe's table and then the dataclass default apply.
 """
 from __future__ import annotations
@@ -26,6 +27,9 @@ def _argtype(tp) -> dict:
         origin = typing.get_origin(tp)
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:  # argparse's own choices: "invalid choice: 'x' (choose from ...)"
+        choices = typing.get_args(tp)
+        return {"type": type(choices[0]), "choices": choices}
     if origin is list:
         (inner,) = typing.get_args(tp) or (str,)
         return {"nargs": "+", "type": inner, "metavar": inner.__name__.upper()}

@@ -488,6 +488,10 @@ class RunPoint:
         """[E] bool: members that diverged (NaN/inf loss, loss above the bound, or stuck at chance)."""
         return self._width(width).diverged
 
+    def trained_seeds(self, width: int) -> list[int]:
+        """Seeds of ``width`` whose member did not diverge: the members analyses may use."""
+        return [s for s, d in zip(self.seeds, np.asarray(self.diverged(width), bool).reshape(-1)) if not d]
+
     def diverged_reason(self, width: int) -> list[str]:
         """Per member: why it is marked diverged ("nan", "loss-bound", "chance"), or "" if it is not."""
         return list(self._width(width).diverged_reason)

@@ -125,7 +125,7 @@ def _members(view, o: AtlasOptions) -> list[tuple[int, int]]:
         raise WidthkitError(f"atlas seed {o.seed} is not a member seed; seeds: {view.seeds}")
     members = []
     for w in widths:
-        alive = [s for s, d in zip(view.seeds, view.diverged(w)) if not d]
+        alive = view.trained_seeds(w)
         seed = o.seed if o.seed >= 0 else (alive[0] if alive else view.seeds[0])
         if seed in alive:
             members.append((w, seed))

@@ -92,9 +92,8 @@ def measure_neuron_group(view, layer: str = PENULTIMATE, *, k: int = 10, example
     (so every width has the same seeds)."""
     import atlases
     task = view.task()
-    widths = [w for w in (widths or view.widths) if not np.asarray(view.diverged(w), bool).all()]
-    diverged = {s for w in widths for s, d in zip(view.seeds, view.diverged(w)) if d}
-    seeds = list(seeds or [s for s in view.seeds if s not in diverged])
+    widths = [w for w in (widths or view.widths) if view.trained_seeds(w)]
+    seeds = list(seeds or [s for s in view.seeds if all(s in view.trained_seeds(w) for w in widths)])
     if not widths or not seeds:
         raise WidthkitError("neuron-vs-group probes: no width has members that all trained (every one diverged "
                             "somewhere); lower optim.lr and retrain")

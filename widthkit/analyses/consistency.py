@@ -334,8 +334,7 @@ def _consistency(run, o: ConsistencyOptions) -> ConsistencyResult:
         raise WidthkitError(f"consistency compares widths with the widest; the run has only {widths}")
     loss, tol, wmax = run.loss_name, o.tolerance, widths[-1]
     task = run.task()
-    seeds = {w: [s for s, d in zip(run.seeds, np.asarray(run.diverged(w), bool).reshape(-1)) if not d]
-             for w in widths}
+    seeds = {w: run.trained_seeds(w) for w in widths}
     for w, ss in seeds.items():
         if not ss:
             raise WidthkitError(f"every member of width {w} diverged; nothing to compare")
@@ -482,7 +481,7 @@ class Consistency(Analysis):
 
     def applies(self, subject: Subject, o: ConsistencyOptions) -> str:
         run = subject.point
-        usable = [] if run is None else [w for w in run.widths if not np.asarray(run.diverged(w), bool).all()]
+        usable = [] if run is None else [w for w in run.widths if run.trained_seeds(w)]
         if len(usable) < 2:  # never a width against itself, nor a fully diverged width as "the widest"
             return (f"it compares widths with the widest, but only {usable or 'no width'} has members that did not "
                     "diverge: train at least two widths")

@@ -340,9 +340,8 @@ def _transfer(run, o: TransferOptions, batch_size: int = 512) -> TransferResult:
 
     members, skipped = {}, list(unfinished)
     for w in widths:
-        div = np.asarray(run.diverged(w), bool).reshape(-1)
-        seeds = [s for s, d in zip(run.seeds, div) if not d]
-        bad = [s for s, d in zip(run.seeds, div) if d]
+        seeds = run.trained_seeds(w)
+        bad = [s for s in run.seeds if s not in seeds]
         if bad:
             warn(f"width {w}: leaving out diverged members (seeds {bad})")
         if seeds:

@@ -20,7 +20,6 @@ import torch
 from .engine import Ensemble
 from .progress import info
 
-MODES = ("auto", "compile", "eager")  # the strategy suffix: "+compile" forces, "+eager" forbids
 EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}  # before measuring: a cold compile (42 s for a tiny MLP, 2 busy cores)
 # the most a compiled step saves of the eager one, for deciding to try: 24% measured on CPU (bench/compile_speed.py,
 # narrow MLPs; compute-bound steps gain nothing), more on GPU where CUDA graphs remove every launch

@@ -33,7 +33,7 @@ from .engine import Ensemble, lr_at, member_losses
 from .errors import RecipeError
 from .param import ParamTable
 from .progress import bar, info, warn
-from .recipe import Recipe
+from .recipe import Recipe, check_strategy
 from .seeds import derive_seed
 
 
@@ -472,9 +472,7 @@ def train_points(recipes: list[Recipe], width: int, seeds: list[int], task: Task
     if ckpt is not None:
         record = ckpt["record"]
     else:
-        group, mode = compiled.split_strategy(strategy or recipe.train.strategy)
-        if mode not in compiled.MODES:
-            raise RecipeError(f"strategy suffix '+{mode}' is unknown; use +compile (force) or +eager (forbid)")
+        group, mode = compiled.split_strategy(check_strategy(strategy or recipe.train.strategy, "`strategy`"))
         pinned = None if group == "auto" else _group_sizes(group, len(member_seeds))
         record = probe_strategy(make_members, hparams, recipe, all_batches, device, pinned=pinned,
                                 compile_mode=mode, job_steps=total)

@@ -9,7 +9,8 @@ download); icons take the low-resolution path: optimized at the input's own 8x8 
 the digits' Gaussian prior (``atlases.input_prior``, each icon starting from the mean digit) and shown
 at ``--size`` px.  The directions are the average layer-3 activations of ``--icons`` random groups of
 digits. ``--fft N`` also times lucent's FFT path (what images over 16 px get) on N of them.  Both runs
-of a path use the same code (``render_directions``), differing only in ``batch``. Writes the result under "## Atlas icon rendering" in bench/RESULTS.md.
+of a path use the same code (``render_directions``), differing only in ``batch``.  Writes the result under
+"## Atlas icon rendering" in bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
              "on 8x8 digits, layer `3`. Low-resolution path: icons optimized at the input's 8x8 resolution under "
              "the digits' Gaussian prior (what 8x8 inputs get); FFT path: lucent's decorrelated FFT images with "
              "its transforms at `size` px, resized to 8x8 inside the objective (what images over 16 px get).", "",
-             "| path | icons | steps | size | batched (s) | one by one (s) | speed-up |", "|---|---|---|---|---|---|---|"]
+             "| path | icons | steps | size | batched (s) | one by one (s) | speed-up |",
+             "|---|---|---|---|---|---|---|"]
     paths = [("low-resolution", a.icons, dict(native=True, prior=atlases.input_prior(x.numpy())))] + \
         ([("FFT", a.fft, dict(native=False))] if a.fft else [])
     for path, n, kw in paths:

@@ -8,8 +8,9 @@ information with width while groups keep it (Gilboa & Gur-Ari 2019)?  Then, for 
 ``<folder>/w<W>-s<S>-<layer>/`` (atlas.png with lucid's cell labels, the pan-and-zoom atlas.html,
 layout.json, activations.h5), and the feature visualizations of its ``k`` most class-selective single
 neurons beside it (neurons.png, and a panel beside the cells in atlas.html); ``layers.html`` switches
-between all the atlases (e.g. the narrowest and the widest width) in one page.  The result records, per atlas, its cell purity: the count-weighted
-mean share of a cell's dominant class, and how many classes dominate at least one cell.
+between all the atlases (e.g. the narrowest and the widest width) in one page.  The result records, per
+atlas, its cell purity: the count-weighted mean share of a cell's dominant class, and how many classes
+dominate at least one cell.
 """
 from __future__ import annotations
 

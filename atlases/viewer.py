@@ -151,7 +151,7 @@ _LAYERS = """<!DOCTYPE html>
  iframe{position:absolute;top:28px;left:0;width:100%;height:calc(100% - 28px);border:0;display:none}
  iframe.on{display:block}
 </style></head><body>
-<div id="pick">layer: <select id="layer">__OPTIONS__</select></div>
+<div id="pick">atlas: <select id="layer">__OPTIONS__</select></div>
 __FRAMES__
 <script>
 const sel = document.getElementById('layer');

@@ -205,7 +205,7 @@ def test_failed_compile_falls_back_to_eager_and_says_so_once(monkeypatch, caplog
         rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=0.01, steps=10**6, forced=True)
     assert rec["compile"] is False and "torch.compile failed (RuntimeError: no C++ compiler)" in rec["compile_note"]
     assert caplog.text.count("torch.compile failed") == 1
-    assert ens._losses == ens._forward_losses  # eager again: the same step as an untouched ensemble
+    assert ens._step == ens._train_step  # eager again: the same step as an untouched ensemble
     torch.testing.assert_close(ens.step(x, y, 0.1)[0], ref.step(x, y, 0.1)[0])
 
 
@@ -219,7 +219,7 @@ def test_losing_compile_is_dropped_and_forbidding_skips_it(monkeypatch, caplog):
     x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
     with caplog.at_level("INFO", logger="widthkit"):
         rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=1e-9, steps=100)  # slower than a 1 ns eager step
-    assert rec["compile"] is False and "would not pay" in rec["compile_note"] and ens._losses == ens._forward_losses
+    assert rec["compile"] is False and "would not pay" in rec["compile_note"] and ens._step == ens._train_step
     assert caplog.text.count("would not pay") == 1
     recipe = load_recipe("quickstart", overrides=["train.seeds=2", "train.steps=3", "train.eval_every=3"])
     task = load_recipe_task(recipe)

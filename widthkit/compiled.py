@@ -1,10 +1,11 @@
-"""A compiled training step: ``torch.compile`` of the ensemble's forward, loss and accuracy.
+"""A compiled training step: ``torch.compile`` of the ensemble's whole step.
 
-AOTAutograd compiles the backward of the compiled region too, so forward and backward run as generated
-kernels (C++/OpenMP on CPU, Triton on GPU); on CUDA, ``mode="reduce-overhead"`` replays them as CUDA graphs,
-which removes the per-kernel launch cost that dominates narrow widths.  The optimizer update and the divergence
-bookkeeping stay eager: they are a handful of fused ``torch._foreach_*`` and [E]-sized calls, and the learning
-rate changes every step.  Only the batched plan (MLP, conv1d and buffer-free CNN families) is compiled.
+One graph holds the forward, the loss and accuracy, the divergence bookkeeping, the backward
+(``torch.autograd.grad`` traced with dynamo's ``trace_autograd_ops``) and the optimizer's ``_foreach`` update,
+so inductor fuses the ~100 small eager ops of a narrow step into a few generated kernels (C++/OpenMP on CPU,
+Triton on GPU); on CUDA, ``mode="reduce-overhead"`` replays them as CUDA graphs, which removes the per-kernel
+launch cost that dominates narrow widths.  The learning rate, step and Adam's bias corrections enter as tensors,
+so one graph serves every step.  Only the batched plan (MLP, conv1d and buffer-free CNN families) is compiled.
 
 Compiling costs seconds to minutes, so :func:`probe_compile` times it and decides by the job's length: compile
 when ``compile_s + steps * compiled_s < steps * eager_s``.  If compiling fails or loses, the step stays eager
@@ -53,16 +54,21 @@ def pays(eager_s: float, compiled_s: float, compile_s: float, steps: int) -> boo
 
 
 def enable(ens: Ensemble, backend: str = "inductor") -> None:
-    """Swap the ensemble's training forward+loss for a compiled one (``backend="eager"``: trace only)."""
+    """Swap the ensemble's whole training step for a compiled one (``backend="eager"``: trace only)."""
     mode = compile_mode(ens.device) if backend == "inductor" else None
-    if mode == "reduce-overhead":  # the weights change in place: CUDA graphs read them where they are, no copy
-        for p in ens.params.values():
+    if mode == "reduce-overhead":  # weights and optimizer state change in place: graphs use them where they are
+        for p in [*ens.params.values(), *(s for states in ens.state.values() for s in states)]:
             torch._dynamo.mark_static_address(p)
-    ens._losses = torch.compile(ens._forward_losses, backend=backend, mode=mode, dynamic=False)
+    step = torch.compile(ens._train_step, backend=backend, mode=mode, dynamic=False)
+
+    def traced(*args):
+        with torch._dynamo.config.patch(trace_autograd_ops=True):  # the backward is part of the graph
+            return step(*args)
+    ens._step = traced
 
 
 def disable(ens: Ensemble) -> None:
-    ens._losses = ens._forward_losses
+    ens._step = ens._train_step
 
 
 def _sync(device: torch.device) -> None:

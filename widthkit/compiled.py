@@ -21,10 +21,13 @@ import torch
 from .engine import Ensemble
 from .progress import info
 
-EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}  # before measuring: a cold compile (42 s for a tiny MLP, 2 busy cores)
-# the most a compiled step saves of the eager one, for deciding to try: 24% measured on CPU (bench/compile_speed.py,
-# narrow MLPs; compute-bound steps gain nothing), more on GPU where CUDA graphs remove every launch
-MAX_GAIN = {"cpu": 0.25, "cuda": 0.75}
+# before measuring: a cold compile of the whole step on 2 busy cores (10-16 s measured in a fresh process for the
+# narrow MLP and conv1d steps, bench/compile_speed.py --cold; 42 s under heavier load), taken at its slow end so a
+# wasted compile is rare; the probe then measures the real one
+EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}
+# the most a compiled step saves of the eager one, for deciding to try: 43% measured on CPU (narrow MLPs; the
+# conv1d step gains 4%, compute-bound steps nothing), more on GPU where CUDA graphs remove every launch
+MAX_GAIN = {"cpu": 0.43, "cuda": 0.75}
 
 
 def split_strategy(strategy: str) -> tuple[str, str]:

@@ -233,7 +233,6 @@ class Ensemble:
 
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
         """Outputs [E, B, K] for per-member inputs x [E, B, ...]."""
-        self._net.train(train)
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
             if self._plan is not None:
@@ -242,6 +241,7 @@ class Ensemble:
                 net, init = split_centered(self.params, self.buffers)
                 return (_run_plan(self._centered, net, x, self.channels_last)
                         - _run_plan(self._centered, init, x, self.channels_last))
+            self._net.train(train)  # (the plans hold no mode-dependent modules)
             buffers = {**self.buffers, **self._masks(x)} if train and self._dropouts else self.buffers
             for m in self._dropouts.values():
                 m.offset = 0
@@ -341,7 +341,8 @@ class Ensemble:
         o = self.optim
         wd = self.weight_decay
         idx = [i for i, g in enumerate(grads) if g is not None]
-        params = [list(self.params.values())[i] for i in idx]
+        values = list(self.params.values())
+        params = [values[i] for i in idx]
         g = [grads[i] for i in idx]
         plr = [_times(lr, self.scales[i]) for i in idx]
         decay = isinstance(wd, torch.Tensor) or wd != 0

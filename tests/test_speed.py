@@ -252,3 +252,34 @@ def test_compiled_step_traces_the_plan_and_matches_eager(family):
     for k in ref.params:
         torch.testing.assert_close(ens.params[k], ref.params[k])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really went through dynamo
+
+
+def test_whole_step_compiles_to_one_graph_for_every_step():
+    """Forward, loss, divergence bookkeeping, backward and a per-member Adam update trace as one graph (no graph
+    break) that serves every step whatever its learning rate; through AOTAutograd (the path inductor compiles) it
+    gives the eager losses, weights, optimizer state and divergence record, a NaN member included."""
+    from widthkit import compiled
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    members, in_shape = _members("mlp", 8, 3)
+    optims = [OptimSpec(name="adamw", lr=lr, weight_decay=wd) for lr, wd in ((1e-2, 0.0), (3e-2, 0.1), (1e-2, 0.1))]
+    ens, ref = (Ensemble(copy.deepcopy(members), {"head.weight": 0.5}, optims, "xent") for _ in range(2))
+    for e in (ens, ref):
+        with torch.no_grad():
+            e.params["head.bias"][2, 0] = float("nan")  # member 2 diverges at its first step
+    x, y = torch.randn(3, 8, *in_shape), torch.randint(10, (3, 8))
+    compiled.enable(ens, backend="aot_eager")
+    for i in range(4):
+        lr = ens.member_lrs(i, 4) * (4 - i)  # [E], a new value every step
+        torch.testing.assert_close(ens.step(x, y, lr)[0], ref.step(x, y, lr)[0], equal_nan=True)
+    assert dict(torch._dynamo.utils.counters["graph_break"]) == {}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for k in ref.params:
+        torch.testing.assert_close(ens.params[k], ref.params[k], equal_nan=True)
+    for k in ref.state:
+        for a, b in zip(ens.state[k], ref.state[k]):
+            torch.testing.assert_close(a, b, equal_nan=True)
+    assert ens.alive.tolist() == ref.alive.tolist() == [True, True, False]
+    assert ens.diverged_step.tolist() == ref.diverged_step.tolist() == [-1, -1, 0]

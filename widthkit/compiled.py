@@ -28,6 +28,7 @@ EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}
 # the most a compiled step saves of the eager one, for deciding to try: 43% measured on CPU (narrow MLPs; the
 # conv1d step gains 4%, compute-bound steps nothing), more on GPU where CUDA graphs remove every launch
 MAX_GAIN = {"cpu": 0.43, "cuda": 0.75}
+RECOMPILE_LIMIT = 64  # graphs of the compiled step kept per process (dynamo's default, 8, would fall back to eager)
 
 
 def split_strategy(strategy: str) -> tuple[str, str]:
@@ -64,8 +65,8 @@ def enable(ens: Ensemble, backend: str = "inductor") -> None:
             torch._dynamo.mark_static_address(p)
     step = torch.compile(ens._train_step, backend=backend, mode=mode, dynamic=False)
 
-    def traced(*args):
-        with torch._dynamo.config.patch(trace_autograd_ops=True):  # the backward is part of the graph
+    def traced(*args):  # the backward is part of the graph; one graph per shape (a ladder's widths), not 8 at most
+        with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=RECOMPILE_LIMIT):
             return step(*args)
     ens._step = traced
 

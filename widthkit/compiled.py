@@ -65,9 +65,17 @@ def enable(ens: Ensemble, backend: str = "inductor") -> None:
             torch._dynamo.mark_static_address(p)
     step = torch.compile(ens._train_step, backend=backend, mode=mode, dynamic=False)
 
+    graphs = mode == "reduce-overhead"
+
     def traced(*args):  # the backward is part of the graph; one graph per shape (a ladder's widths), not 8 at most
         with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=RECOMPILE_LIMIT):
-            return step(*args)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = step(*args)
+        if graphs:  # a replay reuses the last one's output memory: keep what outlives the step as copies
+            ens.alive, ens.diverged_step = ens.alive.clone(), ens.diverged_step.clone()
+            out = tuple(o.clone() for o in out)
+        return out
     ens._step = traced
 
 

@@ -107,6 +107,21 @@ def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
             torch.testing.assert_close(w.params[k], ref.params[k], rtol=1e-4, atol=1e-5)
 
 
+def test_nhwc_conv_plan_hands_on_nhwc_gradients_past_the_global_pool():
+    """The global pool's backward returns an NCHW gradient; the plan converts it so ReLU's backward sees one layout."""
+    from torch import nn
+
+    from widthkit.engine import _ChannelsLastGrad
+    h = torch.randn(2, 6, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    seen = []
+    act = torch.relu(h)
+    act.register_hook(lambda g: seen.append(g))
+    out = nn.AdaptiveAvgPool2d(1)(_ChannelsLastGrad.apply(act))
+    (grad,) = torch.autograd.grad(out.sum(), [h])
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad, (h > 0).float() / 9)
+
+
 def test_conv_plan_only_for_what_it_can_run():
     from torch import nn
 

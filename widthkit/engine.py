@@ -463,6 +463,19 @@ def _sequential_plan(template: nn.Module):
     return plan
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands on the gradient NHWC: the gradients of the global pool and of the Flatten come
+    back NCHW, and an elementwise backward (ReLU's) on an NCHW gradient and an NHWC feature map is ~30x slower."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """Run the plan on x [E, B, ...]; returns [E, B, K].
 
@@ -475,7 +488,8 @@ def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor, channels_l
     """
     E, B = x.shape[:2]
     h = x.reshape(E, B, -1).transpose(1, 2)
-    for kind, arg in plan:
+    for i, (kind, arg) in enumerate(plan):
+        after_conv = i > 0 and plan[i - 1][0] == "conv"
         if kind == "members_as_channels":
             h = x.reshape(E, B, *arg) if arg else x
             h = h.transpose(0, 1).reshape(B, E * h.shape[2], *h.shape[3:])
@@ -492,9 +506,13 @@ def _run_plan(plan, params: dict[str, torch.Tensor], x: torch.Tensor, channels_l
                 h = F.conv2d(h, w.unsqueeze(2), b, (1, *mod.stride), pad, (1, *mod.dilation), E * mod.groups)
             else:
                 h = _CONVS[type(mod)](h, w, b, mod.stride, mod.padding, mod.dilation, E * mod.groups)
-        elif kind == "apply" and h.dim() == 4 and isinstance(arg, _POOLS_1D):
-            h = arg(h.squeeze(2))
+        elif kind == "apply" and after_conv and type(arg) is nn.ReLU:  # a conv's output is not saved: reuse it
+            h = torch.relu_(h)
+        elif kind == "apply" and h.dim() == 4 and isinstance(arg, _PER_CHANNEL):
+            h = _ChannelsLastGrad.apply(h) if channels_last else h
+            h = arg(h.squeeze(2)) if isinstance(arg, _POOLS_1D) else arg(h)
         elif kind == "unpack_members":  # the Flatten after the conv stages
+            h = _ChannelsLastGrad.apply(h) if channels_last and h.dim() == 4 else h
             h = h.reshape(B, E, -1).permute(1, 2, 0)
         elif kind == "linear":
             w = params[f"{arg}.weight"]

@@ -61,7 +61,7 @@ def _exp(e: float, err: float) -> str:
 
 def _reading(p: ParamCoords, threshold: float, quantities: tuple[str, ...] = ("size", "update")) -> str:
     """One sentence: the layers whose ``quantities`` grow or shrink beyond ``threshold``, or that none does."""
-    name = LABEL[p.param] + (" (readout at zero)" if p.readout_zero and p.param == "mup" else "")
+    name = LABEL[p.param] + (" (readout at zero)" if p.readout_zero else "")
     span, what = f"t = 1..{p.steps}", " and ".join(quantities)
     bad = p.beyond(threshold, quantities)
     if not bad:
@@ -97,7 +97,7 @@ class CoordCheck(Analysis):
     def compute(self, subject: Subject, options: CoordCheckOptions) -> CoordCheckResult:
         recipes = [with_param(subject.recipe, p) for p in options.params]
         for r in recipes:
-            r.param.readout_zero = r.param.readout_zero or options.readout_zero
+            r.param.readout_zero = r.param.readout_zero or options.readout_zero   # muP only (widthkit.param)
         return CoordCheckResult([coord_check(r, widths=options.widths, steps=options.steps, seeds=options.seeds,
                                              batch=options.batch) for r in recipes], options.threshold)
 

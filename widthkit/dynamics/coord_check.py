@@ -62,7 +62,7 @@ class ParamCoords(Result):
     seeds: list[int]
     steps: int                     # T: records at t = 1..T (t = 1 is the initialization)
     lr: float                      # the constant learning rate of every step
-    readout_zero: bool             # the readout started at zero (its output at t = 1 is exactly 0)
+    readout_zero: bool             # the readout weight started at zero (muP's readout_zero; output at t = 1 is 0)
     layers: list[str]              # modules in forward order (the model's output last)
     size: Coords                   # mean |h_t|
     update: Coords                 # mean |h_t - h_1|
@@ -133,6 +133,7 @@ def coord_check(recipe, *, widths, steps: int, seeds: int, batch: int) -> ParamC
     update: dict[str, list] = {}
     for w in widths:
         built = [build_member(recipe, w, s, task) for s in member_seeds]
+        zero = any(r.role == "readout" and r.init_std == 0.0 for r in built[0][1].rules)
         ens = Ensemble([m for m, _ in built], [t.lr_scales() for _, t in built], recipe.optim, recipe.train.loss,
                        eps_scales=[t.eps_scales() for _, t in built])
         xs, ys = x.to(ens.device).expand(seeds, *x.shape), y.to(ens.device).expand(seeds, *y.shape)
@@ -157,5 +158,4 @@ def coord_check(recipe, *, widths, steps: int, seeds: int, batch: int) -> ParamC
             size.setdefault(n, []).append([per_seed[i][n][0] for i in range(seeds)])
             update.setdefault(n, []).append([per_seed[i][n][1] for i in range(seeds)])
     layers = list(size)
-    return ParamCoords(recipe.param.kind, widths, member_seeds, steps, recipe.optim.lr, recipe.param.readout_zero,
-                       layers, _coords(widths, size), _coords(widths, update))
+    return ParamCoords(recipe.param.kind, widths, member_seeds, steps, recipe.optim.lr, zero, layers, _coords(widths, size), _coords(widths, update))

@@ -96,17 +96,24 @@ def test_recipe_readout_init_shrinks_like_one_over_width():
 
 
 def test_width_exponents_known_answers():
-    widths = [16, 64, 256]
-    w = np.asarray(widths, float)[:, None]
-    # seed s: c_s * w^(a_s) at t = 1, c_s * w^-1 at t = 2, zero at t = 3
-    a, c = np.array([0.3, 0.5, 0.7]), np.array([1.0, 2.0, 0.5])
-    v = np.stack([c * w ** a, c * w ** -1.0, 0 * w ** a], -1)        # [width, seed, t]
+    widths = [16, 64, 256, 1024]
+    x, w = np.log(widths), np.asarray(widths, float)[:, None]
+    c = np.array([1.0, 2.0, 0.5])
+    # seed s: c_s * w^0.5 at t = 1, c_s * w^-1 at t = 2, zero at t = 3
+    v = np.stack([c * w ** 0.5, c * w ** -1.0, 0 * w * c], -1)         # [width, seed, t]
     e, err = width_exponents(widths, v)
     np.testing.assert_allclose(e[:2], [0.5, -1.0], atol=1e-12)
-    np.testing.assert_allclose(err[:2], [a.std(ddof=1) / np.sqrt(3), 0.0], atol=1e-12)
+    rel = c.std(ddof=1) / np.sqrt(3) / c.mean()       # the relative standard error of each width's mean
+    np.testing.assert_allclose(err[:2], rel / np.sqrt(((x - x.mean()) ** 2).sum()), rtol=1e-9)
     assert np.isnan(e[2]) and np.isnan(err[2])
     e1, err1 = width_exponents(widths, v[:, :1])
-    assert e1[0] == pytest.approx(0.3) and np.isnan(err1[0])       # one seed: no spread
+    assert e1[0] == pytest.approx(0.5) and err1[0] == pytest.approx(0.0, abs=1e-12)   # one seed, exact power law
+    # noisy narrow widths weigh less: numpy's weighted polyfit of log(mean) with weights 1/(relative error)
+    rng = np.random.default_rng(0)
+    noisy = np.exp(rng.normal(0, 1.0 / np.sqrt(w), (4, 5)))[..., None]      # spread ~ width^-1/2
+    (e2,), _ = width_exponents(widths, noisy)
+    m, sem = noisy[..., 0].mean(1), noisy[..., 0].std(1, ddof=1) / np.sqrt(5)
+    assert e2 == pytest.approx(np.polyfit(x, np.log(m), 1, w=m / sem)[0], rel=1e-9)
 
 
 def test_record_outputs_every_module_once():

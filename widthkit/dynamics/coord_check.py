@@ -15,9 +15,9 @@ root is named ``output`` when kept.  Seeds are the members 0..S-1 of the recipe,
 one vectorized :class:`~widthkit.engine.Ensemble` per width; the sizes are measured on each member's
 own forward with hooks (train mode, buffers copied, dropout seeded per member and step).
 
-The fitted exponent of a layer at step t is the least-squares slope of log(size) against log(width),
-fitted per seed; the reported exponent is its mean over seeds and the error the standard error of that
-mean (NaN with one seed).  muP predicts exponent 0 for every layer's update and for every hidden
+The fitted exponent of a layer at step t is the least-squares slope of log(mean over seeds) against
+log(width), each width weighted by the standard error of its mean over seeds, with the slope's standard
+error (:func:`width_exponents`).  muP predicts exponent 0 for every layer's update and for every hidden
 representation; SP predicts growth (the readout like width^1 after a step of SGD).
 """
 from __future__ import annotations
@@ -43,9 +43,9 @@ OUTPUT = "output"  # the name of the model's own output (the root module) when n
 class Coords(Result):
     """One statistic of every layer's output across width, seed and step, with its width exponents.
 
-    ``values[layer]`` is [width][seed][t] (t = 1..T in position t-1); ``exponent[layer][t-1]`` the
-    mean over seeds of the per-seed slope of log(value) on log(width), ``err`` its standard error
-    (NaN where a value is zero, e.g. every update at t = 1, or with one seed).
+    ``values[layer]`` is [width][seed][t] (t = 1..T in position t-1); ``exponent[layer][t-1]`` the slope
+    of log(mean over seeds) on log(width) (see :func:`width_exponents`), ``err`` its standard error (both
+    NaN where the value is exactly zero, e.g. every update at t = 1).
     """
 
     values: dict[str, list[list[list[float]]]]
@@ -83,14 +83,16 @@ class ParamCoords(Result):
 
 
 def width_exponents(widths, values) -> tuple[list[float], list[float]]:
-    """Per step, the mean over seeds of the least-squares slope of log(value) on log(width), and its
-    standard error over seeds.  ``values`` [width][seed][t]; returns two lists of length T."""
-    v = np.asarray(values, float)                       # [W, S, T]
-    slopes = np.array([[fit_power_law(widths, v[:, s, t]).slope if (v[:, s, t] > 0).all() else np.nan
-                        for t in range(v.shape[2])] for s in range(v.shape[1])])   # [S, T]
-    S = slopes.shape[0]
-    err = slopes.std(0, ddof=1) / np.sqrt(S) if S > 1 else np.full(slopes.shape[1], np.nan)
-    return slopes.mean(0).tolist(), err.tolist()
+    """Per step, the slope of log(mean over seeds) on log(width) by weighted least squares, each width weighted
+    by the standard error of its mean over seeds (narrow widths, whose members scatter most, count least),
+    and the slope's standard error.  ``values`` [width][seed][t]; returns two lists of length T (NaN where
+    a mean is 0).  One seed: an unweighted fit, its error from the residuals."""
+    v = np.asarray(values, float)                                        # [W, S, T]
+    mean, S = v.mean(1), v.shape[1]
+    sem = v.std(1, ddof=1) / np.sqrt(S) if S > 1 else None
+    fits = [fit_power_law(widths, mean[:, t], None if sem is None else sem[:, t]) if (mean[:, t] > 0).all()
+            else None for t in range(v.shape[2])]
+    return ([f.slope if f else float("nan") for f in fits], [f.slope_err if f else float("nan") for f in fits])
 
 
 def _coords(widths, values: dict) -> Coords:

@@ -129,7 +129,7 @@ class CoordCheck(Analysis):
             row[0].set_ylabel(QUANTITY[quantity])
         for ax in axes[-1]:
             ax.set_xlabel("width")
-        return save(fig, folder / FIGURES[quantity])
+        return save(fig, folder / FIGURES[quantity], dpi=90)
 
     def blocks(self, result: CoordCheckResult, folder: Path) -> list[Block]:
         folder, pp = Path(folder), result.per_param

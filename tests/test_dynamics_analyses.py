@@ -47,8 +47,11 @@ def test_readings_follow_the_numbers(tmp_path):
     res = a.compute(Subject(r), a.options(r, widths=[16, 256], steps=3))
     mup, sp = res.per_param
     (b,) = a.blocks(res, tmp_path)
-    assert b.lines == [f"from width 16 to 256, muP keeps activation sizes within {mup.max_ratio():.3g}× across "
-                       f"width while SP's readout (head) grows {sp.ratio['head']:.3g}×"]
+    largest = max(abs(e) for c in (mup.size, mup.update) for v in c.exponent.values() for e in v if e == e)
+    assert not mup.beyond(0.2) and b.lines[0] == ("muP (readout at zero): every layer's size and update stays within "
+                                                  f"width^±0.2 at t = 1..3 (largest |exponent| {largest:.2g}).")
+    (_, _, t, e, err), = [x for x in sp.beyond(0.2) if x[:2] == ("size", "head")]
+    assert e > 0.2 and f"head size grows like width^{e:.2g} ± {err:.2g} (t = {t})" in b.lines[1]
     assert [row[0] for row in b.tables[0].rows] == mup.layers
 
 

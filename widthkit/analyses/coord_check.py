@@ -1,23 +1,37 @@
-"""``coord-check``: per-layer activation sizes after a few training steps, across width, per parameterization.
+"""``coord-check``: mup's coordinate check -- every layer's output size per step, across width, per parameterization.
 
-Yang et al. 2021's coordinate check: under muP every layer's typical activation entry stays O(1) as
-width grows, under SP the readout (and with SGD the hidden layers) grows.  The analysis trains one
-member per width of the recipe in each parameterization of ``params``.
+Yang et al. 2021 (Tensor Programs V): under muP every hidden representation h_t stays Theta(1) as width
+grows and so does its change h_t - h_1 from the initialization (features learn at every width); under
+SP the readout (and with SGD the hidden updates) grow with width, under NTK the updates shrink.  The
+analysis trains ``seeds`` members per width for ``steps`` steps on one fixed batch, records mean |h_t|
+and mean |h_t - h_1| of every module's output at each step t (t = 1 is the initialization, as in
+``mup.get_coord_data``), and fits each one's width exponent (see :mod:`widthkit.dynamics.coord_check`).
+
+muP's readout: widthkit, like mup's ``MuReadout``, initializes the readout with std
+1/(sqrt(fan_in) m_in), so the output at initialization shrinks like 1/width, and the first step's
+gradient reaching the hidden layers with it (their first updates shrink like width^-1/2).  muP allows
+any readout init up to that size; the check starts the muP readout at zero, as mup's examples do, so
+the output is pure update (``readout_zero = false`` keeps the recipe's init).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+import numpy as np
+
 from .. import fmt
 from ..dynamics import ParamCoords, coord_check
 from ..dynamics.setup import with_param
 from ..plots import figure, save
 from ..results import Result
+from ..validate import PositiveFloat, PositiveInt
 from .base import Analysis, Block, Figure, Subject, Table, opt, register_analysis
 
-FIGURE = "coord_check.png"
+FIGURES = {"size": "coord_check.png", "update": "coord_check_update.png"}
 LABEL = {"mup": "muP", "sp": "SP", "ntk": "NTK"}
+QUANTITY = {"size": "mean |h_t|", "update": "mean |h_t - h_1|"}
 
 
 @dataclass
@@ -26,67 +40,113 @@ class CoordCheckOptions:
 
     widths: list[int] = opt([], "widths (empty: the recipe's model.widths)")
     params: list[str] = opt(["mup", "sp"], "parameterizations to compare, of sp, ntk, mup")
-    steps: int = opt(5, "training steps before measuring")
-    seed: int = opt(0, "member seed")
-    batch: int = opt(64, "activations measured on the first N training examples")
+    steps: PositiveInt = opt(5, "steps t = 1..T recorded, each before its update (t = 1: the initialization)")
+    seeds: PositiveInt = opt(4, "members 0..seeds-1 per width: mean and spread over them")
+    batch: PositiveInt = opt(64, "the fixed training batch: the first N training examples, every step")
+    readout_zero: bool = opt(True, "muP: start the readout at zero as mup's examples do (false: the recipe's init)")
+    threshold: PositiveFloat = opt(0.2, "readings name layers whose width exponent leaves [-threshold, threshold]")
 
 
 @dataclass
 class CoordCheckResult(Result):
-    """One entry per parameterization, in the order of ``params``."""
+    """One entry per parameterization, in the order of ``params``; ``threshold`` of the readings."""
 
     per_param: list[ParamCoords]
+    threshold: float
 
 
-def _change(p: ParamCoords) -> str:
-    """How parameterization ``p``'s sizes change from the narrowest to the widest width."""
-    if p.param == "mup":
-        return f"muP keeps activation sizes within {fmt.num(p.max_ratio())}× across width"
-    readout = p.layers[-1]
-    r = p.ratio[readout]
-    verb = f"grows {fmt.num(r)}×" if r >= 1 else f"shrinks {fmt.num(1 / r)}×"
-    return f"{LABEL[p.param]}'s readout ({readout}) {verb}"
+def _exp(e: float, err: float) -> str:
+    return f"width^{fmt.pm(e, err, 2)}"
+
+
+def _reading(p: ParamCoords, threshold: float, quantities: tuple[str, ...] = ("size", "update")) -> str:
+    """One sentence: the layers whose ``quantities`` grow or shrink beyond ``threshold``, or that none does."""
+    name = LABEL[p.param] + (" (readout at zero)" if p.readout_zero else "")
+    span, what = f"t = 1..{p.steps}", " and ".join(quantities)
+    bad = p.beyond(threshold, quantities)
+    if not bad:
+        worst = max((abs(e) for q in quantities for v in getattr(p, q).exponent.values() for e in v
+                     if np.isfinite(e)), default=float("nan"))
+        return (f"{name}: every layer's {what} stays within width^±{fmt.num(threshold)} at {span} "
+                f"(largest |exponent| {fmt.num(worst, 2)}).")
+    parts = [f"{n} {q} {'grows' if e > 0 else 'shrinks'} like {_exp(e, err)} (t = {t})" for q, n, t, e, err in bad]
+    return f"{name}, {what} beyond width^±{fmt.num(threshold)} at {span}: " + "; ".join(parts) + "."
+
+
+def _peak(p: ParamCoords, quantity: str, layer: str) -> str:
+    """The exponent of the step with the largest |exponent|, as ``e ± err (t = s)``."""
+    c = getattr(p, quantity)
+    e = np.asarray(c.exponent.get(layer, []), float)
+    if not np.isfinite(e).any():
+        return "-"
+    i = int(np.nanargmax(np.abs(e)))
+    return f"{fmt.pm(e[i], c.err[layer][i], 2)} (t = {i + 1})"
 
 
 @register_analysis
 class CoordCheck(Analysis):
     name = "coord-check"
     order = 70
-    help = "coordinate check: per-layer activation sizes after a few steps, flat across width under muP"
+    help = "coordinate check (mup's): every layer's output size per step across width, flat under muP"
     Options = CoordCheckOptions
     Result = CoordCheckResult
-    smoke = dict(widths=[16, 64], steps=2)
+    smoke = dict(widths=[16, 64], steps=2, seeds=2)
     needs = "recipe"
     in_study = False
 
     def compute(self, subject: Subject, options: CoordCheckOptions) -> CoordCheckResult:
         recipes = [with_param(subject.recipe, p) for p in options.params]
-        return CoordCheckResult([coord_check(r, widths=options.widths, steps=options.steps, seed=options.seed,
-                                             batch=options.batch) for r in recipes])
+        for r in recipes:
+            r.param.readout_zero = r.param.readout_zero or options.readout_zero   # muP only (widthkit.param)
+        return CoordCheckResult([coord_check(r, widths=options.widths, steps=options.steps, seeds=options.seeds,
+                                             batch=options.batch) for r in recipes], options.threshold)
 
     def plot(self, result: CoordCheckResult, folder: Path) -> list[Path]:
-        """Log-log activation RMS vs width, one panel per parameterization, one line per layer."""
-        fig, axes = figure(ncols=len(result.per_param))
-        for ax, p in zip(axes[0], result.per_param):
-            for n in p.layers:
-                ax.loglog(p.widths, p.rms[n], "o-", label=n)
-            ax.set_title(f"{p.param}: activation RMS after {p.steps} steps")
+        """mup's grid: one panel per step, mean over seeds (bars: spread over seeds) against width on log-log
+        axes, one line per layer, one row per parameterization; one figure for sizes, one for updates."""
+        kinds = ["size", "update"] if result.per_param[0].steps > 1 else ["size"]  # updates start at t = 2
+        return [self._grid(result, q, Path(folder)) for q in kinds]
+
+    @staticmethod
+    def _grid(result: CoordCheckResult, quantity: str, folder: Path) -> Path:
+        pp = result.per_param
+        steps = range(1 if quantity == "size" else 2, pp[0].steps + 1)   # the update is 0 at t = 1
+        fig, axes = figure(ncols=len(steps), nrows=len(pp), size=(3.0, 2.6), sharex=True)
+        for row, p in zip(axes, pp):
+            c = getattr(p, quantity)
+            colors = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, len(p.layers)))
+            for ax, t in zip(row, steps):
+                for n, color in zip(p.layers, colors):
+                    v = np.asarray(c.values[n], float)[:, :, t - 1]       # [width, seed]
+                    if (v > 0).all():
+                        ax.errorbar(p.widths, v.mean(1), yerr=v.std(1), fmt="o-", ms=3, lw=1, color=color,
+                                    label=f"{n} ({c.exponent[n][t - 1]:+.2f})")
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_title(f"{LABEL[p.param]}, t = {t}", fontsize=9)
+                if t == steps[-1]:
+                    ax.legend(fontsize=6, title="layer (exponent)", title_fontsize=6)
+            row[0].set_ylabel(QUANTITY[quantity])
+        for ax in axes[-1]:
             ax.set_xlabel("width")
-            ax.legend(fontsize=7)
-        axes[0][0].set_ylabel("RMS of layer output")
-        return [save(fig, Path(folder) / FIGURE)]
+        return save(fig, folder / FIGURES[quantity], dpi=90)
 
     def blocks(self, result: CoordCheckResult, folder: Path) -> list[Block]:
         folder, pp = Path(folder), result.per_param
-        ws = pp[0].widths
-        b = Block("coord-check", f"Coordinate check: activation RMS after {pp[0].steps} steps, widths {ws[0]} to "
-                  f"{ws[-1]} ({', '.join(p.param for p in pp)})")
+        ws, p0 = pp[0].widths, pp[0]
+        b = Block("coord-check", f"Coordinate check: every layer's output at t = 1..{p0.steps} (t = 1: init), "
+                  f"widths {ws[0]} to {ws[-1]}, {len(p0.seeds)} seeds, lr {fmt.num(p0.lr)} "
+                  f"({', '.join(LABEL[p.param] for p in pp)})")
         layers = list(dict.fromkeys(n for p in pp for n in p.layers))
-        b.tables.append(Table(f"Activation RMS of each layer's output, width {ws[-1]} / width {ws[0]}",
-                              ["layer"] + [p.param for p in pp],
-                              [[n] + [fmt.num(p.ratio.get(n)) for p in pp] for n in layers]))
-        line = f"from width {ws[0]} to {ws[-1]}, " + " while ".join(_change(p) for p in pp)
-        b.lines.append(line)
-        if (folder / FIGURE).exists():
-            b.figures.append(Figure(folder / FIGURE, line))
+        b.tables.append(Table("Width exponent of each layer's output size mean|h_t| and update mean|h_t - h_1| "
+                              "(least-squares slope on log-log axes, ± standard error over seeds) at the step "
+                              "with the largest |exponent|",
+                              ["layer"] + [f"{LABEL[p.param]} {q}" for p in pp for q in ("size", "update")],
+                              [[n] + [_peak(p, q, n) for p in pp for q in ("size", "update")] for n in layers]))
+        b.lines += [_reading(p, result.threshold) for p in pp]
+        for q, name in FIGURES.items():
+            if (folder / name).exists():
+                b.figures.append(Figure(folder / name, " ".join(_reading(p, result.threshold, (q,)) for p in pp)))
+        b.notes["exponent"] = ("least-squares slope of log(value) on log(width), per seed; mean ± standard error "
+                               "over seeds; '-' where the value is exactly 0 (updates at t = 1, a zero readout)")
         return [b]

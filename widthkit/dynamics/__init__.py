@@ -10,11 +10,12 @@ The computational core of the ``lr-phase``, ``subspace``, ``ntk-scaling`` and ``
 * :func:`lr_phase`, :func:`bisect`, :func:`catapult_recurrence`, :class:`TwoLayerLinear` -- catapult mechanism.
 * :func:`ntk_scaling`, :func:`track_kernel` -- kernel change and linearization gap vs width.
 * :func:`track_subspace`, :func:`projected_sgd` -- overlap over training; top-only vs bulk-only SGD.
-* :func:`coord_check` -- per-layer activation sizes after a few steps, across width.
+* :func:`coord_check`, :func:`width_exponents` -- mup's coordinate check: every layer's output size and update
+  per step across width, and their fitted width exponents.
 """
 from .catapult import (Boundary, LRPhaseResult, PhaseRun, PhaseScan, TwoLayerLinear, WidthPhases, bisect,
                        catapult_recurrence, classifier_rule, classify, scan_lrs)
-from .coord_check import ParamCoords, coord_check
+from .coord_check import Coords, ParamCoords, coord_check, width_exponents
 from .curvature import Curvature, GaussNewtonOperator, curvature
 from .hessian import (GradientOverlap, HessianEigs, gradient_overlap, hessian_top_eigs, random_subspace,
                       subspace_stability)
@@ -26,10 +27,10 @@ from .subspace import ProjectedSGD, SubspaceTrack, projected_sgd, track_subspace
 from .train import GD
 
 __all__ = [
-    "Boundary", "CONVENTION", "Curvature", "GD", "GaussNewtonOperator", "GradientOverlap", "HessianEigs",
+    "Boundary", "CONVENTION", "Coords", "Curvature", "GD", "GaussNewtonOperator", "GradientOverlap", "HessianEigs",
     "KernelTrajectory", "LRPhaseResult", "Linearized", "NTKEigen", "NTKScalingResult", "ParamCoords", "PhaseRun",
     "PhaseScan", "ProjectedSGD", "ScalingFit", "SubspaceTrack", "TwoLayerLinear", "WidthPhases", "bisect",
     "catapult_recurrence", "classifier_rule", "classify", "coord_check", "curvature", "gradient_overlap",
     "hessian_top_eigs", "lanczos", "lr_phase", "ntk", "ntk_scaling", "ntk_top_eigenvalue", "projected_sgd",
-    "random_subspace", "scan_lrs", "subspace_stability", "track_kernel", "track_subspace",
+    "random_subspace", "scan_lrs", "subspace_stability", "track_kernel", "track_subspace", "width_exponents",
 ]

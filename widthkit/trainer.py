@@ -391,6 +391,7 @@ def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, devi
             ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device,
                            autocast_dtype=_autocast_dtype(recipe, device), **hparams(list(range(k))))
             x, y = x0[:k], y0[:k]
+            lr = ens.member_lrs(0, max(job_steps, 1)) * 1e-6  # tiny, but each member's own (a packed sweep)
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
                     torch.set_num_threads(threads)
@@ -401,7 +402,7 @@ def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, devi
                                 if device.type == "cuda":
                                     torch.cuda.synchronize()
                                 t0 = time.perf_counter()
-                            ens.step(x, y, recipe.optim.lr * 1e-6)
+                            ens.step(x, y, lr)
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                         t = (time.perf_counter() - t0) / steps / k

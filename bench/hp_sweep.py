@@ -3,8 +3,9 @@
 A learning-rate sweep (``--lrs`` values x ``--seeds`` seeds) of an MLP on digits is trained twice per
 width with :func:`widthkit.train_ladder`, end to end (probe, training, evaluation, shards): packed (one job
 per width: lr x seeds members in one stacked group, the default) and unpacked (``pack=False``: one job per
-grid point, as widthkit did before).  Rounds alternate the two so a busy moment hits both; the best
-round of each counts.  The two runs' final weights are compared, so the speed-up is for the same result.
+grid point, as widthkit did before).  A short untimed run of each first pays the imports and first
+calls.  Rounds alternate the two so a busy moment hits both; the best round of each counts.  The two
+runs' final weights are compared, so the speed-up is for the same result.
 
     python bench/hp_sweep.py [--widths 16 32 64] [--lrs 8] [--seeds 4] [--steps 1000] [--rounds 2]
 """
@@ -59,6 +60,8 @@ def main() -> None:
     lrs = [2.0 ** (k - 12) for k in range(a.lrs)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, quiet():
+        for pack in (True, False):  # warm-up: imports, data loading and first calls land on neither side
+            timed(recipe(a.widths[0], lrs, a.seeds, 10), Path(tmp) / "warm-up", pack)
         for w in a.widths:
             raw = recipe(w, lrs, a.seeds, a.steps)
             best = {True: np.inf, False: np.inf}

@@ -137,7 +137,10 @@ class Batches:
         self.B = batch_size(recipe, task)
         self.online = recipe.data.online
         self.shared = recipe.data.shared_batches
-        self.streams = ["shared"] if self.shared else seeds  # one data stream per distinct order
+        self.streams = ["shared"] if self.shared else list(dict.fromkeys(seeds))  # one stream per distinct order
+        # a packed sweep repeats its seeds once per grid point: each stream is drawn once, then copied
+        self._pick = None if self.shared or len(self.streams) == len(seeds) else \
+            torch.tensor([self.streams.index(s) for s in seeds], device=device)
         self.spe = steps_per_epoch(recipe, task)
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
@@ -180,6 +183,8 @@ class Batches:
         if self.shared:
             n = len(self.seeds)
             x, y = x.expand(n, *x.shape[1:]), y.expand(n, *y.shape[1:])
+        elif self._pick is not None:
+            x, y = x[self._pick], y[self._pick]
         return x, y
 
 

@@ -59,31 +59,40 @@ def _font(px: int):
     return ImageFont.load_default(size=max(6, px))
 
 
-def tag(img: np.ndarray, text: str, px: int) -> None:
-    """Write ``text`` small in the bottom-right corner of uint8 RGB ``img [H, W, 3]`` (in place), dark on
-    a light box so it reads on any icon."""
+def tag(img: np.ndarray, text: str, px: int, alpha: float = 0.55) -> None:
+    """Write ``text`` small in the bottom-right corner of uint8 RGB ``img [H, W, 3]`` (in place), red on
+    a light box of opacity ``alpha``, so it reads on any icon and the icon still shows through."""
     from PIL import ImageDraw
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
+    d = ImageDraw.Draw(Image.fromarray(img))
     font = _font(px)
     x0, y0, x1, y1 = d.textbbox((0, 0), text, font=font)
     w, h = x1 - x0 + 2, y1 - y0 + 2
     x, y = img.shape[1] - w, img.shape[0] - h
-    d.rectangle((x, y, img.shape[1], img.shape[0]), fill=(255, 255, 220))
-    d.text((x + 1 - x0, y + 1 - y0), text, fill=(160, 0, 0), font=font)
+    box = img[y:, x:].astype(np.float32)
+    img[y:, x:] = (alpha * np.array([255, 255, 220]) + (1 - alpha) * box + 0.5).astype(np.uint8)
+    im = Image.fromarray(img)
+    ImageDraw.Draw(im).text((x + 1 - x0, y + 1 - y0), text, fill=(200, 0, 0), font=font)
     img[:] = np.asarray(im)
 
 
-def compose(layout, icons: np.ndarray, *, density_alpha: bool = False, background: float = 1.0,
+def backdrop(icons: np.ndarray) -> float:
+    """The canvas grey for icons ``[K, s, s, C]``: black when their outer ring of pixels is mostly dark
+    (digits: bright ink on black), so only the strokes stand out, else white."""
+    ring = np.concatenate([icons[:, 0], icons[:, -1], icons[:, :, 0], icons[:, :, -1]], 1)
+    return 0.0 if len(icons) and float(np.mean(ring)) < 0.25 else 1.0
+
+
+def compose(layout, icons: np.ndarray, *, density_alpha: bool = False, background: float | None = None,
             class_names=None) -> np.ndarray:
     """The atlas as a uint8 RGB array ``[G*s, G*s, 3]``; cell (gx, gy) is drawn at column gx, row G-1-gy.
 
-    ``density_alpha`` blends each icon over the background with opacity
+    ``background`` is the canvas grey (default :func:`backdrop`).  ``density_alpha`` blends each icon over
+    the background with opacity
     ``min(1, count / median count)``, so sparse cells fade out.  Cells with a label
     (``layout.labels``) carry it small in their corner (``class_names`` or the class index).
     """
     g, s = layout.grid, icons.shape[1]
-    canvas = np.full((g * s, g * s, 3), background, np.float32)
+    canvas = np.full((g * s, g * s, 3), backdrop(icons) if background is None else background, np.float32)
     rgb = to_uint8_rgb(icons).astype(np.float32) / 255.0
     ref = float(np.median(layout.counts)) if len(layout.counts) else 1.0
     for k, (gx, gy) in enumerate(layout.cells):
@@ -96,7 +105,7 @@ def compose(layout, icons: np.ndarray, *, density_alpha: bool = False, backgroun
     if labels is not None and s >= 16:
         for k, (gx, gy) in enumerate(layout.cells):
             r, c = (g - 1 - int(gy)) * s, int(gx) * s
-            tag(out[r:r + s, c:c + s], str(class_names[labels[k]] if class_names else labels[k]), s // 3)
+            tag(out[r:r + s, c:c + s], str(class_names[labels[k]] if class_names else labels[k]), s // 4)
     return out
 
 
@@ -106,10 +115,11 @@ def compose_row(icons: np.ndarray, captions: list[str], path: str | Path, gap: i
     k, s = len(icons), icons.shape[1]
     font = _font(max(8, s // 6))
     cap = int(font.size * 1.4) + 2
-    im = Image.new("RGB", (k * (s + gap) + gap, s + cap + gap), "white")
+    grey = int(255 * backdrop(icons))
+    im = Image.new("RGB", (k * (s + gap) + gap, s + cap + gap), (grey,) * 3)
     for i, (icon, text) in enumerate(zip(to_uint8_rgb(icons), captions)):
         im.paste(Image.fromarray(icon), (gap + i * (s + gap), gap))
-        ImageDraw.Draw(im).text((gap + i * (s + gap), s + gap + 1), text, fill=(0, 0, 0), font=font)
+        ImageDraw.Draw(im).text((gap + i * (s + gap), s + gap + 1), text, fill=(255 - grey,) * 3, font=font)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         im.save(tmp, format="PNG")

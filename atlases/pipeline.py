@@ -52,9 +52,10 @@ def write_atlas(model: nn.Module, lay: Layout, out_dir: str | Path, *, acts: Act
                 layer: str | None = None, size: int = 64, steps: int = 128, batch: int | None = None,
                 memory_mb: float = 1024, whiten: bool = False, cossim_pow: float = 1.0, seed: int = 0,
                 density_alpha: bool = False, class_names=None, title: str | None = None,
-                image_shape=None, icons: str = "optimize", index: np.ndarray | None = None
+                image_shape=None, icons: str = "optimize", index: np.ndarray | None = None, neurons=None
                 ) -> tuple[np.ndarray, dict]:
-    """Render icons for ``lay`` and write atlas.png, atlas.html, layout.h5, layout.json into ``out_dir``."""
+    """Render icons for ``lay`` and write atlas.png, atlas.html, layout.h5, layout.json into ``out_dir``
+    (``neurons = (pictures, captions)``: single neurons shown beside the cells in atlas.html)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def write_atlas(model: nn.Module, lay: Layout, out_dir: str | Path, *, acts: Act
     lay.save(out / "layout.json")
     compose_png(lay, pics, out / "atlas.png", density_alpha=density_alpha, class_names=class_names)
     write_html(lay, pics, out / "atlas.html", acts=acts, title=title, class_names=class_names,
-               density_alpha=density_alpha)
+               density_alpha=density_alpha, neurons=neurons)
     return pics, {"render": t1 - t0, "compose": time.perf_counter() - t1}
 
 
@@ -97,10 +98,11 @@ def most_selective(acts: Activations, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def neuron_atlas(model: nn.Module, layer: str, lay: Layout, acts: Activations, k: int, out_dir: str | Path, *,
                  effects: np.ndarray | None = None, size: int = 64, steps: int = 128, seed: int = 0,
-                 image_shape=None, class_names=None) -> dict:
+                 image_shape=None, class_names=None) -> tuple[dict, tuple[np.ndarray, list[str]]]:
     """The ``k`` most class-selective single neurons of ``layer`` (:func:`most_selective`), feature-visualized
     like the cells, in ``neurons.png`` captioned ``n<index>:<class it pushes up most>`` (from ``effects [k, C]``,
-    their effects on the logits from :func:`atlases.labels.logit_effects`)."""
+    their effects on the logits from :func:`atlases.labels.logit_effects`).  Returns the
+    :class:`AtlasResult` fields and (pictures ``[k, size, size, C]``, captions) for the viewer's panel."""
     top, sel = most_selective(acts, k)
     pics = render_neurons(model, layer, top, lay, acts=acts, size=size, steps=steps, seed=seed,
                           image_shape=image_shape)
@@ -109,7 +111,7 @@ def neuron_atlas(model: nn.Module, layer: str, lay: Layout, acts: Activations, k
     caps = [f"n{j}" + (f":{name(push[i])}" if push else "") for i, j in enumerate(top)]
     png = compose_row(pics, caps, Path(out_dir) / "neurons.png")
     return dict(neurons=[int(j) for j in top], neuron_selectivity=[float(sel[j]) for j in top],
-                neuron_labels=push, neurons_png=str(png))
+                neuron_labels=push, neurons_png=str(png)), (pics, caps)
 
 
 def make_atlas(model: nn.Module, layer: str, data, out_dir: str | Path, *, max_vectors: int = 10_000,
@@ -125,7 +127,8 @@ def make_atlas(model: nn.Module, layer: str, data, out_dir: str | Path, *, max_v
     :func:`atlases.load_layout`), ``layout.json``, ``atlas.png`` and ``atlas.html`` into ``out_dir``.
     Pass ``acts`` to reuse collected activations.  ``labels`` labels each cell with the class its mean
     activation pushes up most (:func:`atlases.labels.logit_effects`; the model must output logits);
-    ``neurons=k`` also renders the k most class-selective single neurons (:func:`neuron_atlas`);
+    ``neurons=k`` also renders the k most class-selective single neurons (:func:`neuron_atlas`), in
+    neurons.png and beside the cells in atlas.html;
     ``icons="examples"`` shows each cell's average input instead of a feature visualization.
     """
     out = Path(out_dir)
@@ -143,15 +146,16 @@ def make_atlas(model: nn.Module, layer: str, data, out_dir: str | Path, *, max_v
         lay.effect, effects = logit_effects(model, layer, data, acts, lay,
                                             directions=np.eye(acts.dim)[top] if len(top) else None)
     t3 = time.perf_counter()
+    extra, strip = neuron_atlas(model, layer, lay, acts, neurons, out, effects=effects, size=size, steps=steps,
+                                seed=seed, image_shape=image_shape, class_names=class_names) if neurons > 0 \
+        else ({}, None)
+    t4 = time.perf_counter()
     info(f"atlas {layer}: {acts.n} activations -> {lay.n_cells} cells; rendering icons")
     _, secs = write_atlas(model, lay, out, acts=acts, layer=layer, size=size, steps=steps, batch=batch,
                           memory_mb=memory_mb, whiten=whiten, cossim_pow=cossim_pow, seed=seed,
                           density_alpha=density_alpha, class_names=class_names, image_shape=image_shape,
-                          icons=icons)
-    t4 = time.perf_counter()
-    extra = neuron_atlas(model, layer, lay, acts, neurons, out, effects=effects, size=size, steps=steps,
-                         seed=seed, image_shape=image_shape, class_names=class_names) if neurons > 0 else {}
-    secs = {"collect": t1 - t0, "layout": t2 - t1, "labels": t3 - t2, **secs, "neurons": time.perf_counter() - t4}
+                          icons=icons, neurons=strip)
+    secs = {"collect": t1 - t0, "layout": t2 - t1, "labels": t3 - t2, "neurons": t4 - t3, **secs}
     return _result(lay, out, secs, str(acts.path), **extra)
 
 

@@ -14,12 +14,15 @@ to a memory budget.  The parameterization is chosen for the input's size:
 * images larger than ``LOWRES`` pixels a side: lucent's decorrelated FFT parameterization
   ``param.image(size, batch=n)`` with lucent's robustness transforms, rendered at ``size`` and resized
   (bilinear, antialiased) and reshaped (e.g. flattened) to the model's input *inside* the objective;
-* low-resolution inputs (8x8 digits) and 1-D signals: the input's own resolution, in pixels
-  decorrelated by the data itself, ``x = sigmoid(logit(x0) + B z)`` with ``B = 4 cov^(1/2)`` of the
-  collected inputs and ``x0`` the mean of the 8 collected inputs whose activations point furthest along
-  the direction (a ReLU unit that is off at the data mean has no gradient to start from) (the data's analogue of lucid's colour/FFT decorrelation: pixels that never vary stay
-  at their mean, strokes move together), no transforms (a 1-px jitter is an eighth of an 8-px digit).
-  The icons are then shown at ``size`` px by nearest-neighbour upsampling, 1-D ones as a line.
+* low-resolution inputs (8x8 digits) and 1-D signals: the input's own resolution, under a Gaussian prior
+  fitted to the data.  ``x = clip(x0 + L z, 0, 1)`` with ``L = cov^(1/2)`` of the collected inputs (pixels
+  that never vary stay put, strokes move together: the data's analogue of lucid's colour/FFT
+  decorrelation) and ``x0`` the mean of the 8 collected inputs whose activations point furthest along the
+  direction (a ReLU unit that is off at the data mean has no gradient to start from).  ``z`` takes
+  normalized gradient steps of ``radius / 32`` and is projected onto the ball ``|z| <= radius``: the
+  icon stays within ``radius`` standard deviations (Mahalanobis distance) of ``x0``, on the data's own
+  directions.  No transforms (a 1-px jitter is an eighth of an 8-px digit).  The icons are shown at
+  ``size`` px by nearest-neighbour upsampling, 1-D ones as a line.
 
 Pixel values in [0,1] are mapped to the data's per-channel input range.
 """
@@ -42,6 +45,7 @@ from .data import guess_image_shape, is_signal
 from .hooks import capture, positions
 
 LOWRES = 16  # inputs at most this many pixels a side (and 1-D signals) are rendered at their own resolution
+RADIUS = 4.0  # how far (data standard deviations, Mahalanobis) a low-resolution icon may move from its start
 
 
 def standard_transforms(size: int) -> list:
@@ -85,10 +89,11 @@ def is_lowres(input_shape, image_shape=None) -> bool:
 
 
 def input_prior(x01: np.ndarray, ridge: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
-    """(mean ``[P]``, basis ``B = 4 cov^(1/2)`` ``[P, P]``) of inputs ``x01 [M, P]`` scaled to [0, 1]."""
+    """(mean ``[P]``, basis ``L = cov^(1/2)`` ``[P, P]``) of inputs ``x01 [M, P]`` scaled to [0, 1]:
+    ``mean + L z`` with ``z ~ N(0, I)`` has the data's mean and covariance."""
     x01 = np.asarray(x01, np.float64).reshape(len(x01), -1)
     lam, U = np.linalg.eigh(np.cov(x01, rowvar=False) + ridge * np.eye(x01.shape[1]))
-    return x01.mean(0), 4 * (U * np.sqrt(np.maximum(lam, 0))) @ U.T
+    return x01.mean(0), (U * np.sqrt(np.maximum(lam, 0))) @ U.T
 
 
 def _per_icon_bytes(model: nn.Module, x1: torch.Tensor) -> int:
@@ -115,7 +120,7 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
                       cossim_pow: float = 1.0, lr: float = 0.05, transforms=None, position=None,
                       seed: int = 0, ids: Sequence[int] | None = None, progress: str = "render icons",
                       prior: tuple[np.ndarray, np.ndarray] | None = None, native: bool | None = None,
-                      init01: np.ndarray | None = None) -> np.ndarray:
+                      init01: np.ndarray | None = None, radius: float = RADIUS) -> np.ndarray:
     """Feature-visualize each row of ``directions [K,D]``; returns icons ``[K,size,size,C]`` in [0,1].
 
     ``batch`` caps icons per optimization batch (default: as many as ``memory_mb`` allows;
@@ -123,7 +128,8 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
     icon starts from the same noise whichever batch it is in.  ``native`` renders at the input's own
     resolution (default: for inputs of at most ``LOWRES`` px a side and 1-D inputs), in the basis
     ``prior = input_prior(inputs)`` when given (else plain pixels), starting from ``init01 [K, P]``
-    (default: the prior's mean); 1-D icons are RGB line drawings.
+    (default: the prior's mean) and moving at most ``radius`` in that basis (``lr`` is the FFT path's
+    Adam rate); 1-D icons are RGB line drawings.
     """
     from lucent.optvis import param
 
@@ -156,14 +162,14 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
     if native:
         mean, basis = prior if prior is not None else (np.full(npix, 0.5), np.eye(npix))
         start = np.broadcast_to(mean if init01 is None else np.asarray(init01).reshape(len(dirs), -1), (len(dirs), npix))
-        a0 = torch.logit(torch.as_tensor(start.copy(), dtype=torch.float32).clamp(0.02, 0.98)).to(device)
+        x0 = torch.as_tensor(start.copy(), dtype=torch.float32).to(device)
         basis = torch.as_tensor(basis, dtype=torch.float32).to(device)
 
     def new_images(ch):  # (tensor optimized, its image function) for the icons of chunk ``ch``
         gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + int(ids[i])) for i in ch]
         if native:
             z = torch.stack([torch.randn(npix, generator=g) * 0.01 for g in gens]).to(device).requires_grad_(True)
-            return z, lambda: torch.sigmoid(a0[ch.start:ch.stop] + z @ basis.T).view(len(ch), c, h, w)
+            return z, lambda: (x0[ch.start:ch.stop] + z @ basis.T).clamp(0, 1).view(len(ch), c, h, w)
         params, image_f = param.image(size, batch=len(ch), channels=1 if c == 1 else None)
         with torch.no_grad():
             for j, g in enumerate(gens):
@@ -188,7 +194,7 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
         with capture(model, layer) as cap, bar(progress, len(chunks) * steps) as pb, _numpy_seed(seed):
             for ch in chunks:
                 spec, image_f = new_images(ch)
-                opt = torch.optim.Adam([spec], lr=lr)
+                opt = None if native else torch.optim.Adam([spec], lr=lr)
                 d = dirs[ch.start:ch.stop]
                 for _ in range(steps):
                     model(to_input(image_f()))
@@ -197,8 +203,11 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
                     cos = dot / a.norm(dim=1).clamp_min(1e-6)
                     obj = dot * cos.clamp_min(0.1) ** cossim_pow
                     (grad,) = torch.autograd.grad(-obj.sum(), spec)
-                    spec.grad = grad
-                    opt.step()
+                    if native:
+                        _ball_step(spec, grad, radius / 32, radius)
+                    else:
+                        spec.grad = grad
+                        opt.step()
                     pb.advance()
                 with torch.no_grad():
                     img = image_f()
@@ -206,6 +215,14 @@ def render_directions(model: nn.Module, layer: str, directions, *, input_shape: 
     finally:
         model.train(was_training)
     return pictures(icons, image_shape, size) if native else icons
+
+
+@torch.no_grad()
+def _ball_step(z: torch.Tensor, grad: torch.Tensor, step: float, radius: float) -> None:
+    """One normalized descent step per row of ``z [K, P]`` (each row its own problem), then each row
+    projected onto the ball ``|z| <= radius``."""
+    z -= step * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    z *= (radius / z.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
 
 
 def _objective_acts(t: torch.Tensor, position) -> torch.Tensor:

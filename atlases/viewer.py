@@ -3,7 +3,8 @@
 Drag to pan, wheel to zoom (or the +/- buttons). Hovering a cell shows a tooltip with
 its count, the dataset examples closest to the cell mean (thumbnails when inputs are
 images or 1-D signals, otherwise their indices), the class the cell's mean activation pushes up
-most (lucid's label, also drawn on the atlas) and, when labels exist, its class mix.
+most (lucid's label, also drawn on the atlas) and, when labels exist, its class mix.  A panel on the
+right can show single neurons' feature visualizations beside the cells (``neurons=``).
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ _TEMPLATE = """<!DOCTYPE html>
  body{margin:0;font:13px sans-serif;background:#f4f4f4;overflow:hidden}
  #bar{position:fixed;top:0;left:0;right:0;height:30px;background:#222;color:#eee;padding:6px 10px;box-sizing:border-box;z-index:3}
  #bar button{margin-left:6px}
- #view{position:absolute;top:30px;left:0;right:0;bottom:0;overflow:hidden;cursor:grab}
+ #view{position:absolute;top:30px;left:0;right:__NW__px;bottom:0;overflow:hidden;cursor:grab}
+ #neurons{position:absolute;top:30px;right:0;bottom:0;width:__NW__px;overflow-y:auto;background:#fff;border-left:1px solid #888;box-sizing:border-box;padding:4px;font-size:11px}
+ #neurons figure{margin:4px 0;text-align:center}
+ #neurons img{width:72px;height:72px;image-rendering:pixelated;border:1px solid #ccc}
  #stage{position:absolute;left:0;top:0;transform-origin:0 0}
  #stage img{display:block;image-rendering:pixelated;user-select:none;-webkit-user-drag:none}
  .cell{position:absolute;box-sizing:border-box}
@@ -66,7 +70,7 @@ _TEMPLATE = """<!DOCTYPE html>
 </style></head><body>
 <div id="bar">__TITLE__ &middot; __SUB__ <button id="zin">+</button><button id="zout">&minus;</button><button id="reset">reset</button></div>
 <div id="view"><div id="stage"><img id="atlas" src="__IMG__" width="__PX__" height="__PX__" alt="atlas">__CELLS__</div></div>
-<div id="tip"></div>
+__NEURONS__<div id="tip"></div>
 <script>
 const CELLS = __DATA__;
 const view = document.getElementById('view'), stage = document.getElementById('stage'), tip = document.getElementById('tip');
@@ -101,9 +105,19 @@ fit(); window.addEventListener('resize', fit);
 """
 
 
+def neuron_panel(pictures: np.ndarray, captions: list[str]) -> str:
+    """The viewer's side panel: single-neuron feature visualizations ``[k, s, s, C]``, each captioned."""
+    figs = "".join(f'<figure><img src="{_b64png(p)}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}'
+                   "</figcaption></figure>" for p, c in zip(pictures, captions))
+    return (f'<div id="neurons"><b>the {len(captions)} most class-selective single neurons</b> '
+            f"(n&lt;index&gt;:&lt;class it pushes up most&gt;){figs}</div>")
+
+
 def write_html(layout, icons: np.ndarray, path: str | Path, *, acts=None, title: str | None = None,
-               class_names=None, density_alpha: bool = False) -> Path:
+               class_names=None, density_alpha: bool = False, neurons=None) -> Path:
     """Write the single-file viewer to ``path``.
+
+    ``neurons = (pictures [k, s, s, C], captions)`` adds a side panel of single neurons beside the cells.
 
     ``acts`` (the :class:`~atlases.collect.Activations`) supplies example thumbnails; when
     omitted, the activations file recorded in the layout is used if it still exists.
@@ -120,6 +134,8 @@ def write_html(layout, icons: np.ndarray, path: str | Path, *, acts=None, title:
     title = title or f"activation atlas: {layout.meta.get('layer', '')}"
     sub = f"{g}x{g} grid, {layout.n_cells} cells, {int(np.sum(layout.counts))} activations"
     page = (_TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__SUB__", html.escape(sub))
+            .replace("__NW__", "110" if neurons else "0")
+            .replace("__NEURONS__", neuron_panel(*neurons) if neurons else "")
             .replace("__IMG__", _b64png(img)).replace("__PX__", str(g * s)).replace("__CELLS__", cells)
             .replace("__DATA__", json.dumps(cell_records(layout, acts, class_names)).replace("</", "<\\/")))
     path = Path(path)
@@ -135,7 +151,7 @@ _LAYERS = """<!DOCTYPE html>
  iframe{position:absolute;top:28px;left:0;width:100%;height:calc(100% - 28px);border:0;display:none}
  iframe.on{display:block}
 </style></head><body>
-<div id="pick">layer: <select id="layer">__OPTIONS__</select></div>
+<div id="pick">atlas: <select id="layer">__OPTIONS__</select></div>
 __FRAMES__
 <script>
 const sel = document.getElementById('layer');

@@ -2,16 +2,19 @@
 
     python bench/compile_speed.py                  # quick-start MLP widths 16, 128 (8 members), conv1d 64 (4)
     python bench/compile_speed.py --no-write
+    python bench/compile_speed.py --cold            # compile with an empty inductor cache (a fresh install)
 
 For each model: eager and compiled per-step times (median of interleaved rounds, at the thread count the
-strategy probe picks), the compile time (first calls, cold or warm inductor cache as found), and the number of
-steps after which compiling pays: ``compile_s / (eager_s - compiled_s)``.  Also checks that the two give the
-same losses.  Writes the table under "## Compiled step" in bench/RESULTS.md.
+strategy probe picks), the compile time (first calls; inductor's on-disk cache as found, or empty with
+``--cold``), and the number of steps after which compiling pays: ``compile_s / (eager_s - compiled_s)``.
+Also checks that the two give the same losses.  Writes the table under "## Compiled step" in bench/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import tempfile
 import statistics
 import sys
 import time
@@ -80,13 +83,19 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="compile into an empty inductor cache")
     a = ap.parse_args(argv)
+    cache = tempfile.TemporaryDirectory(prefix="widthkit-inductor-") if a.cold else None  # removed at exit
+    if cache is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
     where = machine()  # before the probe's thread count is applied
     rows = [row(c.split(":")[0], int(c.split(":")[1]), a.steps, a.rounds) for c in a.cases.split(",")]
     text = "\n".join([
-        f"`python bench/compile_speed.py --cases {a.cases} --steps {a.steps} --rounds {a.rounds}` ({where}; "
-        "the machine was shared with other jobs). Median of interleaved rounds; compile time as found (inductor's "
-        "on-disk cache may be warm); \"pays after\" = compile time / time saved per step. The strategy probe "
+        f"`python bench/compile_speed.py --cases {a.cases} --steps {a.steps} --rounds {a.rounds}"
+        f"{' --cold' if a.cold else ''}` ({where}; the machine was shared with other jobs). The whole step (forward, "
+        "loss, divergence bookkeeping, backward, optimizer update) is one compiled graph. Median of interleaved "
+        "rounds; compile time " + ("with an empty inductor cache (as after a fresh install)" if a.cold else
+                                   "as found (inductor's on-disk cache may be warm)") + "; \"pays after\" = compile time / time saved per step. The strategy probe "
         "compiles only when a job is that long (`widthkit.compiled.pays`).", "",
         "| model | width | members | threads | eager ms/step | compiled ms/step | speed-up | compile (s) | "
         "pays after (steps) | same losses |", "|---|---|---|---|---|---|---|---|---|---|"]

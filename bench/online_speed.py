@@ -10,7 +10,8 @@
    stream per member).  "Before" draws with mnist1d's per-sample transform inline in the step loop, as the
    sampler did; "after" is the shipped sampler with background prefetch.  Reported per job: wall time, the
    time the step loop waited for data, and the generation time spent (in the prefetch thread, "after"); the
-   median job of ``--rounds`` interleaved rounds.
+   median job of ``--rounds`` interleaved rounds.  A third way feeds one batch drawn in advance at every step
+   (data for free), so 1 - free / after is all that data costs the after job.
 
 Writes the tables under "## Online data" in bench/RESULTS.md.
 """
@@ -76,46 +77,74 @@ def generator_rows(task, rounds: int) -> list[dict]:
     return rows
 
 
+CLOCKS = dict.fromkeys(("waited", "generated", "probe", "evaluate"), 0.0)  # seconds, per job
+
+
+@contextlib.contextmanager
+def clock(total: str):
+    """Add the time spent inside the block to ``CLOCKS[total]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        CLOCKS[total] += time.perf_counter() - t0
+
+
+def clocked(fn, total: str):
+    def run(*a, **k):
+        with clock(total):
+            return fn(*a, **k)
+    return run
+
+
 class TimedBatches(trainer.Batches):
     """Batches that add up the step loop's wait for data and the generation time (in whichever thread)."""
 
-    waited = generated = 0.0
     prefetch = 2
 
     def __init__(self, *a, **k):
         super().__init__(*a, prefetch=type(self).prefetch, **k)
 
-    @staticmethod
-    @contextlib.contextmanager
-    def clock(total: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            setattr(TimedBatches, total, getattr(TimedBatches, total) + time.perf_counter() - t0)
-
     def _draw(self, step):
-        with self.clock("generated"):
+        with clock("generated"):
             return super()._draw(step)
 
     def __call__(self, step):
-        with self.clock("waited"):
+        with clock("waited"):
             return super().__call__(step)
 
 
-def job(recipe, task, width: int, before: bool) -> dict:
-    TimedBatches.prefetch = 0 if before else 2
-    TimedBatches.waited = TimedBatches.generated = 0.0
-    if before:
-        task = dataclasses.replace(task, sampler=per_sample_sampler())
-    trainer.Batches = TimedBatches  # the trainer builds its Batches through this name
+def fixed_sampler(task):
+    """A sampler that hands back one batch drawn in advance: the job's time with data for free."""
+    batch = {}
+
+    def sampler(n: int, generator: torch.Generator):
+        if n not in batch:
+            batch[n] = task.sample(n, torch.Generator().manual_seed(0))
+        return batch[n]
+    return sampler
+
+
+def job(recipe, task, width: int, way: str) -> dict:
+    """One whole job the ``way`` ("before", "after" or "free" data); its wall time and what went to data, the
+    strategy probe and evaluation (seconds)."""
+    TimedBatches.prefetch = 2 if way == "after" else 0
+    CLOCKS.update(dict.fromkeys(CLOCKS, 0.0))
+    if way != "after":
+        task = dataclasses.replace(task, sampler=per_sample_sampler() if way == "before" else fixed_sampler(task))
+    patched = {"Batches": TimedBatches, "probe_strategy": clocked(probe_strategy, "probe"),
+               "evaluate": clocked(evaluate, "evaluate")}
+    for name, fn in patched.items():  # the trainer calls these through its module names
+        setattr(trainer, name, fn)
     try:
         t0 = time.perf_counter()
         _, record, _ = trainer.train_members(recipe, width, recipe.train.seeds, task, build_member=build_member)
         wall = time.perf_counter() - t0
     finally:
-        trainer.Batches = Batches
-    return {"wall": wall, "wait": TimedBatches.waited, "gen": TimedBatches.generated, "strategy": record["strategy"]}
+        trainer.Batches, trainer.probe_strategy, trainer.evaluate = Batches, probe_strategy, evaluate
+    return {"wall": wall, "wait": CLOCKS["waited"], "gen": CLOCKS["generated"], "probe": CLOCKS["probe"],
+            "eval": CLOCKS["evaluate"], "strategy": record["strategy"], "channels_last": record.get("channels_last"),
+            "threads": record.get("threads")}
 
 
 def recipe_rows(widths, steps: int, shared: bool, rounds: int) -> list[dict]:
@@ -124,19 +153,27 @@ def recipe_rows(widths, steps: int, shared: bool, rounds: int) -> list[dict]:
     task = load_recipe_task(recipe)
     rows = []
     for w in widths:
-        runs = {"before": [], "after": []}
+        runs = {"before": [], "after": [], "free": []}
         for _ in range(rounds):  # interleaved: a busy moment of the shared machine hits both ways alike
             for way in runs:
-                runs[way].append(job(recipe, task, w, way == "before"))
+                runs[way].append(job(recipe, task, w, way))
         med = {way: sorted(v, key=lambda r: r["wall"])[len(v) // 2] for way, v in runs.items()}  # the median job
         b, a = med["before"], med["after"]
-        rows.append({"width": w, "before": b, "after": a, "speedup": b["wall"] / a["wall"],
+        rows.append({"width": w, "before": b, "after": a, "free": med["free"], "speedup": b["wall"] / a["wall"],
+                     "data_cost": 1 - med["free"]["wall"] / a["wall"],
                      "after_walls": [r["wall"] for r in runs["after"]], "before_walls": [r["wall"] for r in runs["before"]]})
         print(f"width {w:4d}: before {b['wall']:6.1f} s (data wait {b['wait'] / b['wall']:.0%}) | after "
               f"{a['wall']:6.1f} s (data wait {a['wait'] / a['wall']:.1%}, generation {a['gen'] / a['wall']:.1%} "
-              f"of the job, in the background) | x{rows[-1]['speedup']:.1f}  (all rounds: before "
+              f"of the job, in the background; probe {a['probe']:.1f} s, evaluation {a['eval']:.1f} s, steps "
+              f"{1e3 * steps_s(a) / steps:.1f} ms/step) | free data {med['free']['wall']:6.1f} s "
+              f"(data costs {rows[-1]['data_cost']:.1%} of the after job) | x{rows[-1]['speedup']:.1f}  (all rounds: before "
               f"{rows[-1]['before_walls']}, after {rows[-1]['after_walls']})", flush=True)
     return rows
+
+
+def steps_s(run: dict) -> float:
+    """Seconds of a job outside its probe and evaluations: the training steps (data waits included)."""
+    return run["wall"] - run["probe"] - run["eval"]
 
 
 def markdown(a, gen, rows) -> str:
@@ -151,17 +188,25 @@ def markdown(a, gen, rows) -> str:
             "drawn inline in the step loop (the old sampler); after = the batched sampler with background prefetch. "
             "\"Data wait\" is the step loop's time blocked on data, \"generation\" the time spent making batches "
             "(in the prefetch thread, overlapping the steps).", "",
-            "| width | strategy | before (s) | before data wait | after (s) | after data wait | after generation | "
-            "speed-up |", "|---|---|---|---|---|---|---|---|"]
+            "\"Probe + eval\" is the after job's strategy probe and its evaluations; \"steps\" the rest of it "
+            "(building the members, the training steps, data waits included) per step.  \"Free data\" is the same "
+            "job fed one batch drawn in advance at every step, and \"data cost\" = 1 - free / after: all that "
+            "generating the data costs the job, wait and competition for the 2 cores included.",
+            "", "| width | strategy (threads) | before (s) | before data wait | after (s) | after data wait | "
+            "after generation | after probe + eval (s) | after steps (ms/step) | free data (s) | data cost | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, af = r["before"], r["after"]
-        out.append(f"| {r['width']} | {af['strategy']} | {b['wall']:.1f} | {b['wait'] / b['wall']:.0%} | "
-                   f"{af['wall']:.1f} | {af['wait'] / af['wall']:.1%} | {af['gen'] / af['wall']:.1%} | "
+        layout = ", NHWC" if af["channels_last"] else ""
+        out.append(f"| {r['width']} | {af['strategy']}{layout} ({af['threads']}) | {b['wall']:.1f} | "
+                   f"{b['wait'] / b['wall']:.0%} | {af['wall']:.1f} | {af['wait'] / af['wall']:.1%} | "
+                   f"{af['gen'] / af['wall']:.1%} | {af['probe']:.1f} + {af['eval']:.1f} | "
+                   f"{1e3 * steps_s(af) / a.steps:.1f} | {r['free']['wall']:.1f} | {r['data_cost']:.1%} | "
                    f"**{r['speedup']:.1f}x** |")
     return "\n".join(out)
 
 
-Batches = trainer.Batches
+Batches, probe_strategy, evaluate = trainer.Batches, trainer.probe_strategy, trainer.evaluate
 DEFAULT_THREADS = torch.get_num_threads()
 
 

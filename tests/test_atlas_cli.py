@@ -55,6 +55,10 @@ def test_atlas_layers_probes_and_neurons(tiny_run, tmp_path, capsys):
     for a in res["atlases"]:
         assert len(a["neurons"]) == 3 and len(a["neuron_labels"]) == 3
         assert (tmp_path / a["folder"] / "neurons.png").is_file() and a["labels_dominant"] >= 0
+        viewer = (tmp_path / a["folder"] / "atlas.html").read_text()   # the neurons beside the cells
+        panel = viewer.split('<div id="neurons">')[1].split("</div>")[0]
+        assert panel.count("<img") == 3
+        assert all(f">n{j}:{c}<" in panel for j, c in zip(a["neurons"], a["neuron_labels"]))
     p = res["probes"]
     assert p["widths"] == [8, 32] and p["layer"] == "act0" and p["examples"] == 200
     assert all(len(v) == 2 and len(v[0]) == 1 for v in p["per_seed"].values())  # [width][seed]

@@ -167,3 +167,23 @@ def test_conv_labels_expand_around_each_sampled_position(tmp_path):
         z, jv = torch.autograd.functional.jvp(lambda m: rest(m[None])[0], a, t)
         want.append((z + jv).numpy())
     np.testing.assert_allclose(effect[k], np.mean(want, 0), atol=1e-4)
+
+
+def test_width_change_is_the_fitted_line_across_every_width():
+    from widthkit.analyses.atlas_width import NeuronGroupWidths, neuron_group_reading, width_change
+    g = np.random.default_rng(0)
+    widths = [16, 64, 256, 1024]
+    lose = 0.96 - 0.01 * np.log2(widths)[:, None] + 0.005 * g.normal(size=(4, 5))   # -1 point per doubling
+    flat = 0.97 + 0.005 * g.normal(size=(4, 5))
+    res = NeuronGroupWidths("act1", 10, 1000, widths, list(range(5)), widths, lose[:, 0].tolist(),
+                            lose.mean(1).tolist(), flat.mean(1).tolist(),
+                            {"best single neuron": flat.tolist(), "top-k neurons": lose.tolist(),
+                             "k PCA directions": flat.tolist()}, 1.0, [100] * 4, float("nan"))
+    d, se, verdict = width_change(res, "top-k neurons")
+    from scipy.stats import linregress
+    fit = linregress(np.repeat(np.log2(widths), 5), lose.ravel())   # an independent least-squares line
+    assert d == pytest.approx(fit.slope * 6) and se == pytest.approx(fit.stderr * 6)   # 6 doublings
+    assert d == pytest.approx(-0.06, abs=0.01)
+    assert verdict == "lose" and width_change(res, "k PCA directions")[2] == "keep"
+    assert "the top-10 neurons lose class information with width while 10 directions keep it" in \
+        neuron_group_reading(res)

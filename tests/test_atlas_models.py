@@ -93,6 +93,25 @@ def test_batched_render_gives_each_icon_its_own_direction(digits_mlp):
         assert np.all(own > objective(model, "1", batched, np.roll(dirs, j, axis=0)))
 
 
+def test_low_res_icons_move_at_most_radius_data_deviations_from_their_start(digits_mlp):
+    model, x, _ = digits_mlp
+    with torch.no_grad():
+        dirs = model[1](model[0](x[[0, 1, 2]])).numpy()
+    mean, L = atlases.input_prior(x.numpy())
+    np.testing.assert_allclose(L @ L, np.cov(x.numpy(), rowvar=False) + 1e-4 * np.eye(64), atol=1e-8)
+    start = x[[3, 4, 5]].numpy()
+    opts = dict(input_shape=(64,), size=8, steps=40, prior=(mean, L), init01=start)
+    icons = atlases.render_directions(model, "1", dirs, radius=1.5, **opts)
+    moved = icons.reshape(3, 64) - start
+    # clipping to [0, 1] only shrinks each pixel's move, so |x - x0| <= |L z| <= |L|_2 * radius
+    assert np.all((icons >= 0) & (icons <= 1))
+    assert np.linalg.norm(moved, axis=1).max() <= np.linalg.eigvalsh(L).max() * 1.5 + 1e-5
+    assert np.abs(moved).max() > 0.05                       # it does move, along the data's own directions
+    still = atlases.render_directions(model, "1", dirs, radius=0.0, **opts)
+    np.testing.assert_allclose(still.reshape(3, 64), start, atol=1e-6)
+    assert np.all(objective(model, "1", icons, dirs) > objective(model, "1", still, dirs))
+
+
 def test_whitening_is_lucids_inverse_covariance():
     g = np.random.default_rng(0)
     a = g.normal(size=(500, 4)) @ np.diag([3.0, 1.0, 0.5, 0.1])

@@ -30,6 +30,11 @@ def test_viewer_page_is_self_contained(tmp_path):
     text = page.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing fetched from the network
     assert text.count("data:image/png;base64,") >= 1 + lay.n_cells  # atlas + thumbnails inlined
+    assert 'id="neurons"' not in text
+    icons = np.random.default_rng(1).random((lay.n_cells, 24, 24, 3)).astype(np.float32)
+    side = atlases.write_html(lay, icons, tmp_path / "side.html", neurons=(icons[:2], ["n4:1", "n0:2"])).read_text()
+    panel = side.split('<div id="neurons">')[1].split("</div>")[0]   # a side panel of single neurons, captioned
+    assert panel.count("data:image/png;base64,") == 2 and "n4:1" in panel and "n0:2" in panel
 
 
 def test_viewer_tooltip_and_screenshot_in_chromium(tmp_path):

@@ -107,6 +107,21 @@ def test_conv_plan_equals_the_vmap_path_in_both_layouts(family, model):
             torch.testing.assert_close(w.params[k], ref.params[k], rtol=1e-4, atol=1e-5)
 
 
+def test_nhwc_conv_plan_hands_on_nhwc_gradients_past_the_global_pool():
+    """The global pool's backward returns an NCHW gradient; the plan converts it so ReLU's backward sees one layout."""
+    from torch import nn
+
+    from widthkit.engine import _ChannelsLastGrad
+    h = torch.randn(2, 6, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    seen = []
+    act = torch.relu(h)
+    act.register_hook(lambda g: seen.append(g))
+    out = nn.AdaptiveAvgPool2d(1)(_ChannelsLastGrad.apply(act))
+    (grad,) = torch.autograd.grad(out.sum(), [h])
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(grad, (h > 0).float() / 9)
+
+
 def test_conv_plan_only_for_what_it_can_run():
     from torch import nn
 
@@ -162,7 +177,7 @@ def test_compile_decision_counts_the_compile_time_against_the_job():
     assert not compiled.pays(eager_s=0.010, compiled_s=0.004, compile_s=20, steps=1_000)  # 6 s saved < 20 s
     assert not compiled.pays(eager_s=0.010, compiled_s=0.011, compile_s=0, steps=10**9)   # never slower than eager
     assert not compiled.worth_trying(0.001, 1500, cpu)   # the quick start: 1.5 s of steps, not worth a compile
-    assert not compiled.worth_trying(0.020, 5000, cpu)   # 100 s of steps could save 25 s < a 45 s compile
+    assert not compiled.worth_trying(0.020, 5000, cpu)   # 100 s of steps could save 43 s < a 45 s compile
     assert compiled.worth_trying(0.050, 5000, cpu)       # 250 s of steps: try
     assert compiled.worth_trying(0.002, 50_000, torch.device("cuda"))  # CUDA graphs save more
     assert compiled.split_strategy("chunk:2+compile") == ("chunk:2", "compile")
@@ -205,7 +220,7 @@ def test_failed_compile_falls_back_to_eager_and_says_so_once(monkeypatch, caplog
         rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=0.01, steps=10**6, forced=True)
     assert rec["compile"] is False and "torch.compile failed (RuntimeError: no C++ compiler)" in rec["compile_note"]
     assert caplog.text.count("torch.compile failed") == 1
-    assert ens._losses == ens._forward_losses  # eager again: the same step as an untouched ensemble
+    assert ens._step == ens._train_step  # eager again: the same step as an untouched ensemble
     torch.testing.assert_close(ens.step(x, y, 0.1)[0], ref.step(x, y, 0.1)[0])
 
 
@@ -219,7 +234,7 @@ def test_losing_compile_is_dropped_and_forbidding_skips_it(monkeypatch, caplog):
     x, y = torch.randn(2, 5, 6), torch.randint(3, (2, 5))
     with caplog.at_level("INFO", logger="widthkit"):
         rec = compiled.probe_compile(ens, x, y, 0.1, eager_s=1e-9, steps=100)  # slower than a 1 ns eager step
-    assert rec["compile"] is False and "would not pay" in rec["compile_note"] and ens._losses == ens._forward_losses
+    assert rec["compile"] is False and "would not pay" in rec["compile_note"] and ens._step == ens._train_step
     assert caplog.text.count("would not pay") == 1
     recipe = load_recipe("quickstart", overrides=["train.seeds=2", "train.steps=3", "train.eval_every=3"])
     task = load_recipe_task(recipe)
@@ -252,3 +267,34 @@ def test_compiled_step_traces_the_plan_and_matches_eager(family):
     for k in ref.params:
         torch.testing.assert_close(ens.params[k], ref.params[k])
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # really went through dynamo
+
+
+def test_whole_step_compiles_to_one_graph_for_every_step():
+    """Forward, loss, divergence bookkeeping, backward and a per-member Adam update trace as one graph (no graph
+    break) that serves every step whatever its learning rate; through AOTAutograd (the path inductor compiles) it
+    gives the eager losses, weights, optimizer state and divergence record, a NaN member included."""
+    from widthkit import compiled
+    from widthkit.engine import Ensemble
+    from widthkit.recipe import OptimSpec
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    members, in_shape = _members("mlp", 8, 3)
+    optims = [OptimSpec(name="adamw", lr=lr, weight_decay=wd) for lr, wd in ((1e-2, 0.0), (3e-2, 0.1), (1e-2, 0.1))]
+    ens, ref = (Ensemble(copy.deepcopy(members), {"head.weight": 0.5}, optims, "xent") for _ in range(2))
+    for e in (ens, ref):
+        with torch.no_grad():
+            e.params["head.bias"][2, 0] = float("nan")  # member 2 diverges at its first step
+    x, y = torch.randn(3, 8, *in_shape), torch.randint(10, (3, 8))
+    compiled.enable(ens, backend="aot_eager")
+    for i in range(4):
+        lr = ens.member_lrs(i, 4) * (4 - i)  # [E], a new value every step
+        torch.testing.assert_close(ens.step(x, y, lr)[0], ref.step(x, y, lr)[0], equal_nan=True)
+    assert dict(torch._dynamo.utils.counters["graph_break"]) == {}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for k in ref.params:
+        torch.testing.assert_close(ens.params[k], ref.params[k], equal_nan=True)
+    for k in ref.state:
+        for a, b in zip(ens.state[k], ref.state[k]):
+            torch.testing.assert_close(a, b, equal_nan=True)
+    assert ens.alive.tolist() == ref.alive.tolist() == [True, True, False]
+    assert ens.diverged_step.tolist() == ref.diverged_step.tolist() == [-1, -1, 0]

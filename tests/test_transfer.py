@@ -46,6 +46,21 @@ def test_logistic_probe_matches_sklearn():
     assert fit.test_accuracy >= sk_best - 0.02 and fit.test_accuracy > 0.93
 
 
+def test_batched_logistic_probes_each_reach_their_own_optimum():
+    """G probes fitted as one problem ([G, N, F]) give each probe's own fit, and a warm start the same optimum."""
+    x, y, _, _ = _digits()
+    xs = P.standardize(x)[0]
+    groups = np.stack([xs[:, :20], xs[:, 20:40], xs[:, 40:60]])           # [3, N, 20]
+    both = P.fit_logistic(groups, y, 10, 1e-2, max_iter=1000, tol=1e-8)
+    assert both.W.shape == (3, 10, 20) and both.b.shape == (3, 10)
+    for g in range(3):
+        one = P.fit_logistic(groups[g], y, 10, 1e-2, max_iter=1000, tol=1e-8)
+        assert np.abs(both.W[g] - one.W).max() < 1e-4 * max(1.0, np.abs(one.W).max())
+    warm = P.fit_logistic(groups, y, 10, 1e-2, max_iter=1000, tol=1e-8,
+                          init=P.fit_logistic(groups, y, 10, 1.0, max_iter=1000))
+    assert np.abs(warm.W - both.W).max() < 1e-4 * np.abs(both.W).max()
+
+
 def test_ridge_and_sgd_probes_and_information_probes():
     x, y, xt, yt = _digits()
     ridge = P.fit_probe("ridge", x, y, xt, yt, 10)

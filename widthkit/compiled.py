@@ -1,10 +1,11 @@
-"""A compiled training step: ``torch.compile`` of the ensemble's forward, loss and accuracy.
+"""A compiled training step: ``torch.compile`` of the ensemble's whole step.
 
-AOTAutograd compiles the backward of the compiled region too, so forward and backward run as generated
-kernels (C++/OpenMP on CPU, Triton on GPU); on CUDA, ``mode="reduce-overhead"`` replays them as CUDA graphs,
-which removes the per-kernel launch cost that dominates narrow widths.  The optimizer update and the divergence
-bookkeeping stay eager: they are a handful of fused ``torch._foreach_*`` and [E]-sized calls, and the learning
-rate changes every step.  Only the batched plan (MLP, conv1d and buffer-free CNN families) is compiled.
+One graph holds the forward, the loss and accuracy, the divergence bookkeeping, the backward
+(``torch.autograd.grad`` traced with dynamo's ``trace_autograd_ops``) and the optimizer's ``_foreach`` update,
+so inductor fuses the ~100 small eager ops of a narrow step into a few generated kernels (C++/OpenMP on CPU,
+Triton on GPU); on CUDA, ``mode="reduce-overhead"`` replays them as CUDA graphs, which removes the per-kernel
+launch cost that dominates narrow widths.  The learning rate, step and Adam's bias corrections enter as tensors,
+so one graph serves every step.  Only the batched plan (MLP, conv1d and buffer-free CNN families) is compiled.
 
 Compiling costs seconds to minutes, so :func:`probe_compile` times it and decides by the job's length: compile
 when ``compile_s + steps * compiled_s < steps * eager_s``.  If compiling fails or loses, the step stays eager
@@ -20,10 +21,14 @@ import torch
 from .engine import Ensemble
 from .progress import info
 
-EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}  # before measuring: a cold compile (42 s for a tiny MLP, 2 busy cores)
-# the most a compiled step saves of the eager one, for deciding to try: 24% measured on CPU (bench/compile_speed.py,
-# narrow MLPs; compute-bound steps gain nothing), more on GPU where CUDA graphs remove every launch
-MAX_GAIN = {"cpu": 0.25, "cuda": 0.75}
+# before measuring: a cold compile of the whole step on 2 busy cores (10-16 s measured in a fresh process for the
+# narrow MLP and conv1d steps, bench/compile_speed.py --cold; 42 s under heavier load), taken at its slow end so a
+# wasted compile is rare; the probe then measures the real one
+EST_COMPILE_S = {"cpu": 45.0, "cuda": 30.0}
+# the most a compiled step saves of the eager one, for deciding to try: 43% measured on CPU (narrow MLPs; the
+# conv1d step gains 4%, compute-bound steps nothing), more on GPU where CUDA graphs remove every launch
+MAX_GAIN = {"cpu": 0.43, "cuda": 0.75}
+RECOMPILE_LIMIT = 64  # graphs of the compiled step kept per process (dynamo's default, 8, would fall back to eager)
 
 
 def split_strategy(strategy: str) -> tuple[str, str]:
@@ -53,16 +58,29 @@ def pays(eager_s: float, compiled_s: float, compile_s: float, steps: int) -> boo
 
 
 def enable(ens: Ensemble, backend: str = "inductor") -> None:
-    """Swap the ensemble's training forward+loss for a compiled one (``backend="eager"``: trace only)."""
+    """Swap the ensemble's whole training step for a compiled one (``backend="eager"``: trace only)."""
     mode = compile_mode(ens.device) if backend == "inductor" else None
-    if mode == "reduce-overhead":  # the weights change in place: CUDA graphs read them where they are, no copy
-        for p in ens.params.values():
+    if mode == "reduce-overhead":  # weights and optimizer state change in place: graphs use them where they are
+        for p in [*ens.params.values(), *(s for states in ens.state.values() for s in states)]:
             torch._dynamo.mark_static_address(p)
-    ens._losses = torch.compile(ens._forward_losses, backend=backend, mode=mode, dynamic=False)
+    step = torch.compile(ens._train_step, backend=backend, mode=mode, dynamic=False)
+
+    graphs = mode == "reduce-overhead"
+
+    def traced(*args):  # the backward is part of the graph; one graph per shape (a ladder's widths), not 8 at most
+        with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=RECOMPILE_LIMIT):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = step(*args)
+        if graphs:  # a replay reuses the last one's output memory: keep what outlives the step as copies
+            ens.alive, ens.diverged_step = ens.alive.clone(), ens.diverged_step.clone()
+            out = tuple(o.clone() for o in out)
+        return out
+    ens._step = traced
 
 
 def disable(ens: Ensemble) -> None:
-    ens._losses = ens._forward_losses
+    ens._step = ens._train_step
 
 
 def _sync(device: torch.device) -> None:

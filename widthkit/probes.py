@@ -30,9 +30,11 @@ RIDGE_GRID = tuple(float(x) for x in np.logspace(-3, 4, 8))
 
 
 @contextlib.contextmanager
-def small_problem_threads(work: float, limit: float = 2e7):
-    """Run small torch problems on one thread: thread start-up and contention cost more than they save
-    (measured 10-30x slower with 2 threads on a busy 2-core machine)."""
+def small_problem_threads(work: float, limit: float = 1e10):
+    """Run problems of less than ``limit`` flops (``work``) on one thread, torch and BLAS: thread start-up and
+    contention cost more than they save.  Measured on a busy 2-core machine: small torch problems 10-30x slower
+    with 2 threads; 8 Cholesky solves of a 1024x1024 ridge system (3e9 flops) 0.26 s on one thread, 2.4-6.7 s
+    on two."""
     old = torch.get_num_threads()
     if work >= limit or old == 1:
         yield
@@ -70,34 +72,41 @@ class LinearHead:
 
 def fit_logistic(x, y, num_classes: int, l2: float, max_iter: int = 200, tol: float = 1e-6,
                  init: LinearHead | None = None) -> LinearHead:
-    """Multinomial logistic regression by full-batch L-BFGS (float64); ``init`` warm-starts it.
+    """Multinomial logistic regression by full-batch L-BFGS (scipy's L-BFGS-B, float64, as sklearn's
+    ``LogisticRegression`` solves it); ``init`` warm-starts it.
 
     ``x`` is [N, F] (one probe) or [G, N, F]: G independent probes on the same labels, fitted as one
     problem whose objective is the sum of theirs (so each reaches its own optimum); then W is [G, C, F].
+    The objective and its gradient are computed in closed form with numpy: on these small problems a torch
+    optimizer's per-iteration overhead (and its first-use import of torch._dynamo, about 2 s) costs more
+    than the arithmetic.
     """
-    X = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    Y = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    lead = X.shape[:-2]
-    W = torch.zeros(*lead, num_classes, X.shape[-1], dtype=torch.float64)
-    b = torch.zeros(*lead, num_classes, dtype=torch.float64)
-    if init is not None:
-        W, b = torch.tensor(init.W), torch.tensor(init.b)
-    W.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+    from scipy.optimize import minimize
+    X = np.asarray(x, np.float64)
+    y = np.asarray(y)
+    lead, n, C = X.shape[:-2], len(y), num_classes
+    shape_W = (*lead, C, X.shape[-1])
+    size_W = int(np.prod(shape_W))
+    onehot = np.eye(C)[y]                                           # [N, C]
+    theta = np.zeros(size_W + int(np.prod(lead, dtype=int)) * C) if init is None else \
+        np.concatenate([np.ravel(init.W), np.ravel(init.b)]).astype(np.float64)
 
-    def closure():
-        opt.zero_grad()
-        z = X @ W.transpose(-1, -2) + b.unsqueeze(-2)
-        ce = F.cross_entropy(z.reshape(-1, num_classes), Y.repeat(int(np.prod(lead, dtype=int))), reduction="sum")
-        loss = ce / len(Y) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
+    def objective(theta):
+        W, b = theta[:size_W].reshape(shape_W), theta[size_W:].reshape(*lead, C)
+        z = X @ np.swapaxes(W, -1, -2) + b[..., None, :]            # [..., N, C]
+        m = z.max(-1, keepdims=True)
+        e = np.exp(z - m)
+        s = e.sum(-1, keepdims=True)
+        dz = (e / s - onehot) / n                                   # d(mean cross-entropy)/dz
+        f = ((m + np.log(s)).sum() - (z * onehot).sum()) / n + 0.5 * l2 * (W * W).sum()
+        grad = np.concatenate([(np.swapaxes(dz, -1, -2) @ X + l2 * W).ravel(), dz.sum(-2).ravel()])
+        return f, grad
 
-    with small_problem_threads(X.numel() * num_classes):
-        opt.step(closure)
-    return LinearHead(W.detach().numpy(), b.detach().numpy(), "logistic")
+    with small_problem_threads(X.size * C):
+        theta = minimize(objective, theta, jac=True, method="L-BFGS-B",
+                         options=dict(maxiter=max_iter, maxfun=max_iter * 5 // 4, maxcor=20, gtol=tol,
+                                      ftol=1e-12)).x
+    return LinearHead(theta[:size_W].reshape(shape_W), theta[size_W:].reshape(*lead, C), "logistic")
 
 
 def fit_linear_sgd(x, y, num_classes: int, l2: float, epochs: int = 60, batch_size: int = 128,
@@ -261,7 +270,8 @@ def ridge_r2(h_train, x_train, h_test, x_test, alphas=RIDGE_GRID, val_frac: floa
     R^2 = 1 - sum of squared errors / total sum of squares over all input coordinates (test set,
     around the training mean).  The ridge strength is chosen on a validation split of the train set.
     """
-    with small_problem_threads(np.size(h_train) * np.size(x_train) / max(len(x_train), 1)):
+    d = min(len(h_train), np.shape(h_train)[1])  # side of the Gram system factorized per alpha
+    with small_problem_threads(len(alphas) * d ** 3 / 3):
         return _ridge_r2(h_train, x_train, h_test, x_test, alphas, val_frac, seed)
 
 

@@ -61,10 +61,11 @@ FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that changes results, recorded in every output."""
-    import timm
+    """Versions of everything that changes results, recorded in every output (timm's from its metadata: importing
+    it, with torchvision, takes seconds that a model without timm need not spend)."""
+    from importlib.metadata import version
 
-    return {"widthkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
+    return {"widthkit": __version__, "torch": torch.__version__, "timm": version("timm"),
             "numpy": np.__version__, "h5py": h5py.__version__, "python": platform.python_version()}
 
 

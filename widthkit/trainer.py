@@ -362,11 +362,13 @@ def _strategy_name(k: int, n: int) -> str:
 
 
 THREADS_MARGIN = 1.2  # more CPU threads must win the probe by 20%: on a shared machine they can lose 10x later
+PROBE_MIN_S = 0.02  # each probe timing spans at least this long: a few sub-millisecond steps are mostly noise
 
 
 def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, device, steps: int = 3,
                    pinned: int | None = None, compile_mode: str = "auto", job_steps: int = 0) -> dict:
-    """Time a few real steps per (group size, CPU threads, conv layout); pick the fastest per member-step.
+    """Time a few real steps (``steps``, and at least ``PROBE_MIN_S``) per (group size, CPU threads, conv
+    layout); pick the fastest per member-step.
 
     Group sizes are all members, half, and one, each capped by ``train.memory_budget_mb``
     (or only the ``pinned`` group size); on CPU, 1 thread and all threads are
@@ -402,15 +404,16 @@ def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, devi
                     torch.set_num_threads(threads)
                     for layout in ens.conv_layouts:
                         ens.channels_last = layout
-                        for i in range(steps + 1):
-                            if i == 1:
-                                if device.type == "cuda":
-                                    torch.cuda.synchronize()
-                                t0 = time.perf_counter()
-                            ens.step(x, y, lr)
+                        ens.step(x, y, lr)  # warm-up
                         if device.type == "cuda":
                             torch.cuda.synchronize()
-                        t = (time.perf_counter() - t0) / steps / k
+                        t0, done = time.perf_counter(), 0
+                        while done < steps or time.perf_counter() - t0 < PROBE_MIN_S:
+                            ens.step(x, y, lr)
+                            done += 1
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        t = (time.perf_counter() - t0) / done / k
                         timings[(k, threads, layout)] = min(t, timings.get((k, threads, layout), math.inf))
     finally:
         torch.set_num_threads(max_threads)

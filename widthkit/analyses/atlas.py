@@ -7,8 +7,10 @@ information with width while groups keep it (Gilboa & Gur-Ari 2019)?  Then, for 
 (default: the penultimate layer) on the training inputs of the run's task, in
 ``<folder>/w<W>-s<S>-<layer>/`` (atlas.png with lucid's cell labels, the pan-and-zoom atlas.html,
 layout.json, activations.h5), and the feature visualizations of its ``k`` most class-selective single
-neurons beside it (neurons.png).  The result records, per atlas, its cell purity: the count-weighted
-mean share of a cell's dominant class, and how many classes dominate at least one cell.
+neurons beside it (neurons.png, and a panel beside the cells in atlas.html); ``layers.html`` switches
+between all the atlases (e.g. the narrowest and the widest width) in one page.  The result records, per
+atlas, its cell purity: the count-weighted mean share of a cell's dominant class, and how many classes
+dominate at least one cell.
 """
 from __future__ import annotations
 
@@ -199,7 +201,7 @@ class Atlas(Analysis):
                 out.append(MemberAtlas(w, seed, layer, folder, a.grid, a.n_vectors, a.n_cells, pur, dom, classes,
                                        dict(a.seconds), a.neurons, a.neuron_labels, a.neuron_selectivity,
                                        agree))
-        if len(layers) > 1:
+        if len(out) > 1:
             atlases.write_layers_html([subject.out / m.folder for m in out], subject.out / "layers.html",
                                       [f"width {m.width}, {m.layer}" for m in out])
         return AtlasRunResult(str(view.path), out, probes)
@@ -226,7 +228,8 @@ class Atlas(Analysis):
         if any(m.neurons for m in res.atlases):
             b.figures.append(Figure(folder / "neurons_vs_groups.png", neurons_reading(res.atlases)))
         if (folder / "layers.html").is_file():
-            b.links.append(Link("one viewer for every layer", folder / "layers.html"))
+            b.links.append(Link("one viewer page for every atlas (width, layer; single neurons beside the cells)",
+                                folder / "layers.html"))
         rows = []
         for m in res.atlases:
             d = folder / m.folder

@@ -139,23 +139,47 @@ def plot_neuron_group(res: NeuronGroupWidths, ax) -> None:
     ax.set_title(f"neuron vs group: {res.layer} ({len(res.seeds)} seeds)", fontsize=10)
 
 
+def width_change(res: NeuronGroupWidths, kind: str) -> tuple[float, float, str]:
+    """How ``kind``'s probe accuracy changes from the narrowest to the widest width: (change, its standard
+    error, "lose" / "gain" / "keep").  The change is the least-squares line through every (log2 width, seed)
+    probe, evaluated across the width range (all widths count, not just the two ends); the standard error is
+    the line's, from its residuals.  A change beyond 2 standard errors plus one point is a loss or a gain."""
+    acc = np.asarray(res.per_seed[kind], float)                         # [width, seed]
+    x = np.repeat(np.log2(np.asarray(res.widths, float)), acc.shape[1])
+    X = np.stack([np.ones_like(x), x - x.mean()], 1)
+    beta, *_ = np.linalg.lstsq(X, acc.ravel(), rcond=None)
+    dof = len(x) - 2
+    resid = acc.ravel() - X @ beta
+    span = float(x.max() - x.min())
+    se = float(np.sqrt(resid @ resid / dof / np.sum(X[:, 1] ** 2))) * span if dof > 0 and span > 0 else 0.0
+    d = float(beta[1]) * span
+    tol = 0.01 + 2 * se
+    return d, se, "lose" if d < -tol else "gain" if d > tol else "keep"
+
+
 def neuron_group_reading(res: NeuronGroupWidths) -> str:
-    """One sentence: do single neurons lose class information with width while groups keep it?"""
+    """One sentence: do single neurons (the best one, the top-k) lose class information with width while k
+    PCA directions (groups) keep it?  Changes (:func:`width_change`) are in points, ± 2 standard errors."""
     when = (f"at matched source accuracy {fmt.pct(res.level)}, " if np.isfinite(res.level)
             else "at the end of training (no snapshots to match source accuracy), ")
-    def change(mean, kind):
-        d = mean[-1] - mean[0]
-        tol = 0.01 + 2 * float(max(res.sd(kind)[0], res.sd(kind)[-1]))
-        return "lose" if d < -tol else "gain" if d > tol else "keep"
-    neuron = change(res.best_neuron_acc, KINDS[0])
-    group = change(res.group_acc, KINDS[2])
-    claim = ("as Gilboa & Gur-Ari report" if neuron == "lose" and group != "lose"
-             else "not the loss Gilboa & Gur-Ari report for wide networks")
-    return (f"{when}from N={res.widths[0]} to N={res.widths[-1]} the best single neuron's probe goes "
-            f"{fmt.pct(res.best_neuron_acc[0])} → {fmt.pct(res.best_neuron_acc[-1])}, the top-{res.k} neurons' "
-            f"{fmt.pct(res.topk_acc[0])} → {fmt.pct(res.topk_acc[-1])}, {res.k} PCA directions' "
-            f"{fmt.pct(res.group_acc[0])} → {fmt.pct(res.group_acc[-1])}: single neurons {neuron} class "
-            f"information with width while groups {group} it ({claim})")
+    names = dict(zip(KINDS, ("the best single neuron", f"the top-{res.k} neurons", f"{res.k} PCA directions")))
+    parts, verdict = [], {}
+    for kind, mean in zip(KINDS, (res.best_neuron_acc, res.topk_acc, res.group_acc)):
+        d, se, verdict[kind] = width_change(res, kind)
+        sd = res.sd(kind)
+        parts.append(f"{names[kind]} {fmt.pct(mean[0])} ± {100 * sd[0]:.1f} → {fmt.pct(mean[-1])} ± "
+                     f"{100 * sd[-1]:.1f} ({100 * d:+.1f} ± {200 * se:.1f} points: {verdict[kind]}s)")
+    group = verdict[KINDS[2]]
+    lost = [names[k] for k in KINDS[:2] if verdict[k] == "lose"]
+    if lost and group != "lose":
+        claim = (f"{' and '.join(lost)} lose class information with width while {res.k} directions {group} it, "
+                 "as Gilboa & Gur-Ari report")
+    else:
+        claim = (f"single neurons do not lose class information with width relative to {res.k} directions here "
+                 f"(directions {group} it): not the loss Gilboa & Gur-Ari report for wide networks")
+    return (f"{when}from N={res.widths[0]} to N={res.widths[-1]} (linear-probe test accuracy, mean ± sd over "
+            f"{len(res.seeds)} seeds; in brackets the change along a line fitted through every width, ± 2 "
+            "standard errors): " + "; ".join(parts) + f". So {claim}")
 
 
 def neuron_group_table(res: NeuronGroupWidths) -> Table:

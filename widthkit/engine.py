@@ -112,43 +112,57 @@ def _member_dropouts(template: nn.Module) -> tuple[nn.Module, dict[str, MemberDr
     return net, found
 
 
-PackedScalar = float | torch.Tensor  # one value for all members, or one per member [E]
+PackedScalar = float | torch.Tensor  # one value for all members, or one per member [E] (float64)
 
 PER_MEMBER_OPTIM = ("lr", "weight_decay")  # optimizer fields the members of one group may differ in
 
 
 def _per_member(values: list[float], device: torch.device) -> PackedScalar:
-    """One float when every member has the same value, else a float32 tensor [E]."""
-    return float(values[0]) if len(set(values)) == 1 else torch.tensor(values, dtype=torch.float32, device=device)
+    """One float when every member has the same value, else a float64 tensor [E].
+
+    Per-member values stay in double precision, as python floats do, and are rounded to the parameters'
+    dtype only where they are applied (:func:`_rows`), so a packed member computes the same numbers as a
+    member trained alone.
+    """
+    return float(values[0]) if len(set(values)) == 1 else torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def _rows(table: torch.Tensor, likes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Row i of ``table`` [len(likes), E] (float64), rounded to ``likes[i]``'s dtype once and shaped [E, 1, ...]
+    to broadcast over the stacked parameter ``likes[i]`` [E, ...]."""
+    rows = table.to(likes[0].dtype).unbind(0)
+    return [r.view(-1, *[1] * (like.dim() - 1)) for r, like in zip(rows, likes)]
 
 
 def _member_view(a: PackedScalar, like: torch.Tensor) -> torch.Tensor:
-    """``a`` shaped to broadcast over a stacked parameter [E, ...] (a float becomes a 0-d-like tensor)."""
+    """``a`` in ``like``'s dtype, shaped to broadcast over a stacked parameter [E, ...]."""
     if isinstance(a, float):
         return like.new_tensor(a).view([1] * like.dim())
-    return a.view(-1, *[1] * (like.dim() - 1))
+    return a.to(like.dtype).view(-1, *[1] * (like.dim() - 1))
 
 
-def _axpy(ys: list[torch.Tensor], xs: list[torch.Tensor], alphas: list[PackedScalar], inplace: bool = True):
-    """``ys[i] + alphas[i] * xs[i]`` for every tensor (in place, or as a new list)."""
-    if all(isinstance(a, float) for a in alphas):
-        if not inplace:
-            if len(set(alphas)) == 1:
-                return torch._foreach_add(ys, xs, alpha=alphas[0])
-            ys = [y.clone() for y in ys]
-        for r in set(alphas):  # one fused update per distinct value (no scaled copy of xs)
-            sel = [j for j, v in enumerate(alphas) if v == r]
-            torch._foreach_add_([ys[j] for j in sel], [xs[j] for j in sel], alpha=r)
-        return ys
-    views = [_member_view(a, y) for a, y in zip(alphas, ys)]
-    if inplace:
-        torch._foreach_addcmul_(ys, xs, views)
-        return ys
-    return torch._foreach_addcmul(ys, xs, views)
+def _each(a: PackedScalar, n: int) -> list[float] | torch.Tensor:
+    """``a`` for each of ``n`` tensors: n floats, or a table [n, E]."""
+    return [a] * n if isinstance(a, float) else a.expand(n, -1)
 
 
-def _times(a: PackedScalar, b: PackedScalar) -> PackedScalar:
-    return a * b if isinstance(a, float) and isinstance(b, float) else torch.as_tensor(a) * b
+def _axpy(ys: list[torch.Tensor], xs: list[torch.Tensor], alphas: list[float] | torch.Tensor, inplace: bool = True):
+    """``ys[i] + alphas[i] * xs[i]`` for every tensor (in place, or as a new list); ``alphas`` are floats, or
+    one per member, a float64 table [len(ys), E]."""
+    if isinstance(alphas, torch.Tensor):
+        views = _rows(alphas, ys)
+        if inplace:
+            torch._foreach_addcmul_(ys, xs, views)
+            return ys
+        return torch._foreach_addcmul(ys, xs, views)
+    if not inplace:
+        if len(set(alphas)) == 1:
+            return torch._foreach_add(ys, xs, alpha=alphas[0])
+        ys = [y.clone() for y in ys]
+    for r in set(alphas):  # one fused update per distinct value (no scaled copy of xs)
+        sel = [j for j, v in enumerate(alphas) if v == r]
+        torch._foreach_add_([ys[j] for j in sel], [xs[j] for j in sel], alpha=r)
+    return ys
 
 
 class Ensemble:
@@ -191,10 +205,15 @@ class Ensemble:
                                                {k: getattr(self.optim, k) for k in shared} for o in optims):
             raise WidthkitError(f"a group's {len(optims)} optimizer specs must be one per member ({len(members)}) "
                                 f"and differ only in {', '.join(PER_MEMBER_OPTIM)}; train the others as separate jobs")
-        self.member_lr = [o.lr for o in optims]  # peak learning rates: a schedule scales each (see member_lrs)
+        self.member_optim = optims
+        self._peaks = {o.lr: o for o in optims}  # one spec per peak lr: the schedule is the same for the rest
+        self._last_lrs: tuple[list[float], PackedScalar] = ([], 0.0)  # member_lrs' last answer
         self.weight_decay = _per_member([o.weight_decay for o in optims], self.device)
         self.scales = self._per_param(lr_scales)
-        self.eps = [_times(self.optim.eps, e) for e in self._per_param(eps_scales or {})]
+        self._scale_table = torch.stack([torch.as_tensor(s, dtype=torch.float64, device=self.device)
+                                         .expand(self.size) for s in self.scales])  # [P, E]
+        self._shared_scales = all(isinstance(s, float) for s in self.scales)
+        self.eps = [e * self.optim.eps for e in self._per_param(eps_scales or {})]
         self.loss = loss
         self.autocast_dtype = autocast_dtype
         self.alive = torch.ones(self.size, dtype=torch.bool, device=self.device)
@@ -221,11 +240,21 @@ class Ensemble:
         return [_per_member([float(d.get(n, 1.0)) for d in per], self.device) for n in self.names]
 
     def member_lrs(self, step: int, total: int) -> PackedScalar:
-        """Every member's learning rate at ``step``: its own peak lr through the shared schedule."""
-        lr = lr_at(step, self.optim, total)
-        if len(set(self.member_lr)) == 1:
-            return lr
-        return _per_member([r * lr / self.optim.lr for r in self.member_lr], self.device)
+        """Every member's learning rate at ``step`` (its own spec through :func:`lr_at`, so the same double
+        as a member trained alone): a float when they agree, else float64 [E]."""
+        at = {peak: lr_at(step, o, total) for peak, o in self._peaks.items()}
+        lrs = [at[o.lr] for o in self.member_optim]
+        if lrs != self._last_lrs[0]:  # a constant schedule builds its tensor once
+            self._last_lrs = (lrs, _per_member(lrs, self.device))
+        return self._last_lrs[1]
+
+    def _param_lrs(self, lr: PackedScalar, idx: list[int], table: bool = False) -> list[float] | torch.Tensor:
+        """Learning rate times lr scale for parameters ``idx``: floats when the members share them (and not
+        ``table``), else a float64 table [len(idx), E]."""
+        if not isinstance(lr, torch.Tensor) and self._shared_scales and not table:
+            return [lr * self.scales[i] for i in idx]
+        table = self._scale_table if len(idx) == len(self.names) else self._scale_table[idx]
+        return table * lr
 
     # -------------------------------------------------------------- forward
     def _forward_one(self, params, buffers, x):
@@ -344,27 +373,26 @@ class Ensemble:
         values = list(self.params.values())
         params = [values[i] for i in idx]
         g = [grads[i] for i in idx]
-        plr = [_times(lr, self.scales[i]) for i in idx]
+        plr = self._param_lrs(lr, idx, table=o.name == "adamw" and isinstance(wd, torch.Tensor))
         decay = isinstance(wd, torch.Tensor) or wd != 0
         if o.name == "sgd":
             if decay:
-                g = _axpy(g, params, [wd] * len(g), inplace=False)
+                g = _axpy(g, params, _each(wd, len(g)), inplace=False)
             if o.momentum > 0:
                 bufs = [self.state["momentum"][i] for i in idx]  # zeros at first: momentum * 0 + g is g exactly
                 torch._foreach_mul_(bufs, o.momentum)
                 torch._foreach_add_(bufs, g)
                 g = torch._foreach_add(g, bufs, alpha=o.momentum) if o.nesterov else bufs
-            _axpy(params, g, [-r for r in plr])
+            _axpy(params, g, [-r for r in plr] if isinstance(plr, list) else -plr)
             return
         b1, b2 = o.betas
         if o.name == "adamw" and decay:
-            factors = [1.0 - _times(r, wd) for r in plr]
-            if all(isinstance(f, float) for f in factors):
-                torch._foreach_mul_(params, factors)
-            else:
-                torch._foreach_mul_(params, [_member_view(f, p) for f, p in zip(factors, params)])
+            if isinstance(plr, list):
+                torch._foreach_mul_(params, [1.0 - r * wd for r in plr])
+            else:  # 1 - lr * wd in double precision, rounded once, as for floats
+                torch._foreach_mul_(params, _rows(1.0 - plr * wd, params))
         elif decay:
-            g = _axpy(g, params, [wd] * len(g), inplace=False)
+            g = _axpy(g, params, _each(wd, len(g)), inplace=False)
         m = [self.state["exp_avg"][i] for i in idx]
         v = [self.state["exp_avg_sq"][i] for i in idx]
         torch._foreach_lerp_(m, g, 1 - b1)
@@ -378,11 +406,10 @@ class Ensemble:
             torch._foreach_add_(denom, eps)
         else:
             torch._foreach_add_(denom, [_member_view(e, d) for e, d in zip(eps, denom)])
-        steps = [-r / bc1 for r in plr]
-        if all(isinstance(r, float) for r in steps):
-            torch._foreach_addcdiv_(params, m, denom, steps)
-        else:
-            _axpy(params, torch._foreach_div(m, denom), steps)
+        if isinstance(plr, list):
+            torch._foreach_addcdiv_(params, m, denom, [-r / bc1 for r in plr])
+        else:  # p + (s * m) / d, addcdiv's own order, with each member's step s: what a member alone computes
+            torch._foreach_addcdiv_(params, torch._foreach_mul(m, _rows(plr / -bc1, m)), denom)
 
     # ---------------------------------------------------------- extraction
     def member(self, i: int) -> nn.Module:

@@ -137,7 +137,10 @@ class Batches:
         self.B = batch_size(recipe, task)
         self.online = recipe.data.online
         self.shared = recipe.data.shared_batches
-        self.streams = ["shared"] if self.shared else seeds  # one data stream per distinct order
+        self.streams = ["shared"] if self.shared else list(dict.fromkeys(seeds))  # one stream per distinct order
+        # a packed sweep repeats its seeds once per grid point: each stream is drawn once, then copied
+        self._pick = None if self.shared or len(self.streams) == len(seeds) else \
+            torch.tensor([self.streams.index(s) for s in seeds], device=device)
         self.spe = steps_per_epoch(recipe, task)
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
@@ -180,6 +183,8 @@ class Batches:
         if self.shared:
             n = len(self.seeds)
             x, y = x.expand(n, *x.shape[1:]), y.expand(n, *y.shape[1:])
+        elif self._pick is not None:
+            x, y = x[self._pick], y[self._pick]
         return x, y
 
 
@@ -393,17 +398,18 @@ def probe_strategy(make_members, hparams, recipe: Recipe, batches: Batches, devi
             ens = Ensemble(make_members(list(range(k))), loss=recipe.train.loss, device=device,
                            autocast_dtype=_autocast_dtype(recipe, device), **hparams(list(range(k))))
             x, y = x0[:k], y0[:k]
+            lr = ens.member_lrs(0, max(job_steps, 1)) * 1e-6  # tiny, but each member's own (a packed sweep)
             for _ in range(2):  # two interleaved rounds, best of each: a busy moment hits one, not both
                 for threads in thread_options:
                     torch.set_num_threads(threads)
                     for layout in ens.conv_layouts:
                         ens.channels_last = layout
-                        ens.step(x, y, recipe.optim.lr * 1e-6)  # warm-up
+                        ens.step(x, y, lr)  # warm-up
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                         t0, done = time.perf_counter(), 0
                         while done < steps or time.perf_counter() - t0 < PROBE_MIN_S:
-                            ens.step(x, y, recipe.optim.lr * 1e-6)
+                            ens.step(x, y, lr)
                             done += 1
                         if device.type == "cuda":
                             torch.cuda.synchronize()

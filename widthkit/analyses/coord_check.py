@@ -139,7 +139,7 @@ class CoordCheck(Analysis):
                   f"({', '.join(LABEL[p.param] for p in pp)})")
         layers = list(dict.fromkeys(n for p in pp for n in p.layers))
         b.tables.append(Table("Width exponent of each layer's output size mean|h_t| and update mean|h_t - h_1| "
-                              "(least-squares slope on log-log axes, ± standard error over seeds) at the step "
+                              "(weighted least-squares slope on log-log axes, ± its standard error) at the step "
                               "with the largest |exponent|",
                               ["layer"] + [f"{LABEL[p.param]} {q}" for p in pp for q in ("size", "update")],
                               [[n] + [_peak(p, q, n) for p in pp for q in ("size", "update")] for n in layers]))
@@ -147,6 +147,7 @@ class CoordCheck(Analysis):
         for q, name in FIGURES.items():
             if (folder / name).exists():
                 b.figures.append(Figure(folder / name, " ".join(_reading(p, result.threshold, (q,)) for p in pp)))
-        b.notes["exponent"] = ("least-squares slope of log(value) on log(width), per seed; mean ± standard error "
-                               "over seeds; '-' where the value is exactly 0 (updates at t = 1, a zero readout)")
+        b.notes["exponent"] = ("slope of log(mean over seeds) on log(width), each width weighted by the standard "
+                               "error of its mean, ± the slope's standard error; '-' where the value is exactly 0 "
+                               "(updates at t = 1, a zero readout)")
         return [b]

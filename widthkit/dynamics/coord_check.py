@@ -160,4 +160,5 @@ def coord_check(recipe, *, widths, steps: int, seeds: int, batch: int) -> ParamC
             size.setdefault(n, []).append([per_seed[i][n][0] for i in range(seeds)])
             update.setdefault(n, []).append([per_seed[i][n][1] for i in range(seeds)])
     layers = list(size)
-    return ParamCoords(recipe.param.kind, widths, member_seeds, steps, recipe.optim.lr, zero, layers, _coords(widths, size), _coords(widths, update))
+    return ParamCoords(recipe.param.kind, widths, member_seeds, steps, recipe.optim.lr, zero, layers,
+                       _coords(widths, size), _coords(widths, update))

@@ -16,7 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import h5py
@@ -102,13 +105,30 @@ def load_layout(path: str | Path) -> Layout:
                       meta=json.loads(f.attrs.get("meta", "{}")), effect=get("effect"))
 
 
+def _numba_cache() -> Path:
+    """Where numba caches compiled functions for the atlases (``NUMBA_CACHE_DIR``, default
+    ``~/.cache/widthkit/numba``); set in the environment, which numba reads when it is first imported."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "widthkit" / "numba"
+    return Path(os.environ.setdefault("NUMBA_CACHE_DIR", str(default)))
+
+
+def _warm_marker() -> Path:
+    """Written once the cache holds everything :func:`embed` compiles, for these numba and umap versions."""
+    return _numba_cache() / f".warm-numba{version('numba')}-umap{version('umap-learn')}-pynndescent{version('pynndescent')}"
+
+
+_warming: list[subprocess.Popen] = []
+
+
 def _import_umap():
-    """``umap``, with its numba functions cached on disk across processes (``NUMBA_CACHE_DIR``, default
-    ``~/.cache/widthkit/numba``): otherwise every fresh process compiles them again (about 30 s of the first
-    layout on a busy 2-core CPU, 2 s once cached).  umap marks few functions ``cache=True``; the others get
-    caching switched on here, before their first compilation."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "widthkit" / "numba"
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache))  # read when numba is first imported
+    """``umap``, with its numba functions cached on disk across processes (:func:`_numba_cache`):
+    otherwise every fresh process compiles them again (about 30 s of the first layout on a busy 2-core CPU,
+    2 s once cached).  umap marks few functions ``cache=True``; the others get caching switched on here,
+    before their first compilation.  Waits for a warm-up started by :func:`warm_numba_cache_in_background`
+    rather than compiling the same functions a second time."""
+    _numba_cache()
+    while _warming:
+        _warming.pop().wait()
     import umap  # slow import (numba); only when laying out
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
@@ -121,6 +141,37 @@ def _import_umap():
                 except (RuntimeError, OSError):  # no writable cache directory: compile as usual
                     return umap
     return umap
+
+
+def warm_numba_cache() -> None:
+    """Compile into the disk cache what a first :func:`embed` compiles (pynndescent's import alone is about
+    16 s on a 2-core CPU; umap's layout about 5 s more), by laying out a few random vectors."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "acts.h5"
+        with h5py.File(path, "w") as f:
+            f["vectors"] = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+        embed(Activations(path), n_neighbors=5, pca=None)
+    _warm_marker().touch()
+
+
+def warm_numba_cache_in_background() -> bool:
+    """Start :func:`warm_numba_cache` in a low-priority process unless the cache is already warm; True if
+    started.  The study calls this before training, so the one-time compile overlaps the training instead
+    of adding to the atlas stage; :func:`embed` waits for it to finish."""
+    if _warm_marker().exists() or _warming:
+        return False
+    proc = subprocess.Popen([sys.executable, "-c", "from atlases.layout import warm_numba_cache; warm_numba_cache()"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # idle priority: it runs only on cores the training leaves idle (a 2-thread step stalls on any delay)
+        os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+        except (AttributeError, OSError):
+            pass
+    _warming.append(proc)
+    return True
 
 
 def embed(acts: Activations, *, n_neighbors: int = 20, min_dist: float = 0.01, metric: str = "cosine",

@@ -104,3 +104,19 @@ def test_bad_layer_name_lists_valid_names():
     named = nn.Sequential(OrderedDict(fc1=nn.Linear(2, 2), act=nn.ReLU()))
     with pytest.raises(WidthkitError, match="did you mean 'fc1'"):
         atlases.get_layer(named, "fc2")
+
+
+def test_numba_warm_up_runs_once_in_the_background_and_the_layout_waits_for_it():
+    """The study starts UMAP's one-time compile in a background process before training; the layout waits for it
+    instead of compiling the same functions again, and a warm cache (its marker) starts nothing."""
+    import importlib
+    layout = importlib.import_module("atlases.layout")  # the package's `layout` is the function of that name
+    layout.warm_numba_cache()  # the cache this machine's atlases use: compiled once, cheap when warm
+    marker = layout._warm_marker()
+    assert marker.exists() and not layout.warm_numba_cache_in_background()
+    marker.unlink()  # as if never warmed: a background process does it again
+    assert layout.warm_numba_cache_in_background()
+    assert not layout.warm_numba_cache_in_background()  # one at a time
+    proc = layout._warming[0]
+    layout._import_umap()
+    assert not layout._warming and proc.returncode == 0 and marker.exists()

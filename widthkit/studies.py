@@ -196,6 +196,10 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
         before = _stamps(out)
         info(f"study '{r0.name}': {r0.model.family} widths {r0.model.widths} x {len(r0.train.seeds)} seeds"
              f"{f' x {len(points)} grid points' if len(points) > 1 else ''} into {out}")
+        for (_, rp), todo in zip(points, plans):
+            for name, why in todo:
+                if not why:
+                    get_analysis(name).prepare(get_analysis(name).options(rp))
         t0 = time.perf_counter()
         run = train_ladder(recipe, out, overrides=overrides, resume=resume, executor=executor)
         seconds["train"] = round(time.perf_counter() - t0, 2)

@@ -176,6 +176,10 @@ class Atlas(Analysis):
     def applies(self, subject: Subject, o: AtlasOptions) -> str:
         return atlas_applies(subject.recipe)
 
+    def prepare(self, o: AtlasOptions) -> None:
+        from atlases.layout import warm_numba_cache_in_background
+        warm_numba_cache_in_background()  # UMAP's first compile (~20 s) overlaps the training
+
     def compute(self, subject: Subject, o: AtlasOptions) -> AtlasRunResult:
         import atlases
         view = subject.require_point(self.name)

@@ -143,6 +143,9 @@ class Analysis:
         """``""`` if the analysis applies to ``subject`` with ``options``, else why not (one line)."""
         return ""
 
+    def prepare(self, options) -> None:
+        """Start slow one-time set-up (a compile) in the background; the study calls it before training."""
+
     def compute(self, subject: Subject, options) -> Result:
         raise NotImplementedError
 

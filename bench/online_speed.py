@@ -12,7 +12,8 @@
    ``PYTHONPATH`` on its tree and is timed inside it around ``train_members`` (the task is built before).  For
    "now" also: the time the step loop waited for data, the time spent making batches (in the prefetch thread),
    the strategy probe and the evaluations.  A third way ("free") feeds the now job one chunk of batches drawn in
-   advance at every step, so 1 - free / now is all that data costs the job.  The median job of ``--rounds``
+   advance at every step, so 1 - free / now is all that data costs the job; it runs the probe too, but trains
+   with the now job's choice (strategy, threads, layout), so the two differ in their data only.  The median job of ``--rounds``
    interleaved rounds.
 
 Writes the tables under "## Online data" in bench/RESULTS.md.
@@ -101,13 +102,15 @@ def clock(total: str):
         CLOCKS[total] += time.perf_counter() - t0
 
 
-def instrument(trainer, free: bool) -> None:
+def instrument(trainer, free: bool, choice: dict | None) -> None:
     """Patch this tree's trainer to add up the step loop's wait for data, the generation time (in whichever
-    thread), the strategy probe and the evaluations; with ``free``, every chunk of batches is one drawn once."""
+    thread), the strategy probe and the evaluations; with ``free``, every chunk of batches is one drawn once.
+    ``choice`` (strategy, threads, layout) replaces the probe's, which still runs."""
     def clocked(fn, total: str):
         def run(*a, **k):
             with clock(total):
-                return fn(*a, **k)
+                out = fn(*a, **k)
+            return {**out, **choice} if choice and total == "probe" else out
         return run
 
     class TimedBatches(trainer.Batches):
@@ -143,7 +146,7 @@ def job_main(spec: dict) -> dict:
                                             f"data.shared_batches={str(spec['shared']).lower()}"])
     task = load_recipe_task(recipe)
     if spec["way"] != "today":
-        instrument(trainer, free=spec["way"] == "free")
+        instrument(trainer, free=spec["way"] == "free", choice=spec.get("choice"))
     t0 = time.perf_counter()
     _, record, _ = trainer.train_members(recipe, spec["width"], recipe.train.seeds, task, build_member=build_member)
     wall = time.perf_counter() - t0
@@ -152,9 +155,9 @@ def job_main(spec: dict) -> dict:
             "channels_last": record.get("channels_last"), "threads": record.get("threads")}
 
 
-def run_job(tree: Path, way: str, width: int, steps: int, shared: bool) -> dict:
+def run_job(tree: Path, way: str, width: int, steps: int, shared: bool, choice: dict | None = None) -> dict:
     """:func:`job_main` in a fresh process on ``tree``'s code."""
-    spec = json.dumps({"way": way, "width": width, "steps": steps, "shared": shared})
+    spec = json.dumps({"way": way, "width": width, "steps": steps, "shared": shared, "choice": choice})
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run([sys.executable, __file__, "--job", spec], env=env, capture_output=True, text=True)
     if out.returncode:
@@ -169,8 +172,10 @@ def recipe_rows(widths, steps: int, shared: bool, rounds: int, today: Path) -> l
     for w in widths:
         runs = {way: [] for way in WAYS}
         for _ in range(rounds):  # interleaved: a busy moment of the shared machine hits every way alike
-            for way in WAYS:
-                runs[way].append(run_job(trees[way], way, w, steps, shared))
+            for way in WAYS:  # the free job takes the now job's choice: the two differ in their data only
+                now = runs["now"][-1] if way == "free" else {}
+                choice = {k: now[k] for k in ("strategy", "threads", "channels_last") if now.get(k) is not None}
+                runs[way].append(run_job(trees[way], way, w, steps, shared, choice))
         med = {way: sorted(v, key=lambda r: r["wall"])[len(v) // 2] for way, v in runs.items()}  # the median job
         t, n, f = med["today"], med["now"], med["free"]
         row = {"width": w, "today": t, "now": n, "free": f, "speedup": t["wall"] / n["wall"],
@@ -204,8 +209,9 @@ def markdown(a, gen, rows) -> str:
             "both as shares of the job's wall time.", "",
             "\"Probe + eval\" is the now job's strategy probe and its evaluations; \"steps\" the rest of it "
             "(building the members, the training steps, data waits included) per step.  \"Free data\" is the same "
-            "job fed one chunk of batches drawn in advance at every step, and \"data cost\" = 1 - free / now: all "
-            "that generating the data costs the job, wait and competition for the 2 cores included.",
+            "job fed one chunk of batches drawn in advance at every step (it runs the probe too, but trains with the "
+            "now job's choice of strategy, threads and layout of the same round), and \"data cost\" = 1 - free / "
+            "now: all that generating the data costs the job, wait and competition for the 2 cores included.",
             "", "| width | strategy (threads) | today (s) | now (s) | speed-up | data wait | generation | "
             "probe + eval (s) | steps (ms/step) | free data (s) | data cost |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -16,6 +16,10 @@ Three measurements, each with ours and the plain loop interleaved in the same ru
 3. The whole quick-start ladder end to end (every width, its seeds, evaluation every
    ``eval_every`` steps): ``train_members`` vs the plain loop, width by width.
 
+Both ways run in one process with the same malloc: by default widthkit's (``widthkit.malloc``, which the
+trainer sets on CPU: freed memory stays in the process, so steps do not fault in fresh pages); ``--malloc
+system`` leaves glibc's default for both.
+
 Writes the tables under "## Ensemble engine" in bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import machine, update_results  # noqa: E402
 
+from widthkit import malloc  # noqa: E402
 from widthkit.engine import Ensemble, lr_at  # noqa: E402
 from widthkit.ladder import build_member, load_recipe_task  # noqa: E402
 from widthkit.recipe import load_recipe  # noqa: E402
@@ -204,7 +210,7 @@ def memory_rows(step_results) -> list[dict]:
             out = subprocess.run([sys.executable, __file__, "--_memory", json.dumps(
                 [r["family"], r["width"], r["members"], way, r["strategy"], r["threads"] or DEFAULT_THREADS,
                  r["channels_last"]])],
-                capture_output=True, text=True, check=True)
+                capture_output=True, text=True, check=True, env=os.environ)
             peak[way] = float(out.stdout.strip().splitlines()[-1])
         rows.append({"family": r["family"], "width": r["width"], "strategy": r["strategy"],
                      "ours_mb": peak["ours"], "plain_mb": peak["plain"], "ratio": peak["ours"] / peak["plain"]})
@@ -254,12 +260,16 @@ def ladder_rows(steps: int | None) -> list[dict]:
 # -------------------------------------------------------------------------- main
 def markdown(args, steps, mem, ladder) -> str:
     flags = f" --device {DEVICE.type}" + (" --bf16" if AUTOCAST else "") if DEVICE.type != "cpu" else ""
+    flags += " --malloc system" if args.malloc == "system" else ""
     out = [f"`python bench/ensemble_speed.py --members {args.members} --steps {args.steps} --rounds {args.rounds}"
            f"{flags}` ({machine()}; the machine was shared with other jobs). Per-step times are medians of {args.rounds} interleaved rounds of {args.steps} "
            "steps; ours uses the strategy and thread count the trainer's probe picks; \"plain\" is E `nn.Module`s "
            f"with their own `torch.optim.SGD` at torch's default {DEFAULT_THREADS} threads, \"plain 1t\" the same "
            "loop single-threaded (CPU only); \"ours / (E x single)\" compares ours with E times one model's step."
-           + (" Both ways run under bf16 autocast." if AUTOCAST else ""), "",
+           + (" Both ways run under bf16 autocast." if AUTOCAST else "")
+           + (" Both ways run with glibc's default malloc (`--malloc system`)." if args.malloc == "system" else
+              " Both ways run with the malloc setting the trainer makes on CPU (`widthkit.malloc`: freed memory "
+              "stays in the process)."), "",
            "| model | width | strategy (threads) | ours ms/step | plain ms/step | plain 1t ms/step | "
            "speed-up vs plain | vs best plain | ours / (E x single) | samples x members / s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -306,10 +316,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on cuda: step times only)")
     ap.add_argument("--bf16", action="store_true", help="both ways under bfloat16 autocast (GPU)")
+    ap.add_argument("--malloc", choices=["kept", "system"], default="kept",
+                    help="both ways with widthkit's malloc setting (the trainer's) or glibc's default")
     ap.add_argument("--_memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     global DEVICE, AUTOCAST
     DEVICE, AUTOCAST = torch.device(a.device), torch.bfloat16 if a.bf16 else None
+    if a.malloc == "system":
+        os.environ["WIDTHKIT_MALLOC"] = "system"  # the trainer (ladder) and the memory subprocesses too
+    malloc.keep_freed_memory()
     if DEVICE.type != "cpu":
         a.no_memory = a.no_ladder = True  # RSS and the CPU ladder say nothing about a GPU
     if a._memory:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import compiled, grid, snapshots
+from . import compiled, grid, malloc, snapshots
 from .atomic import atomic_write_bytes
 from .data import Task
 from .data.prefetch import Prefetch, chunk_steps
@@ -467,6 +467,7 @@ def train_points(recipes: list[Recipe], width: int, seeds: list[int], task: Task
     """
     recipe = recipes[0]
     device = resolve_device(recipe.train.device)
+    kept = device.type == "cpu" and malloc.keep_freed_memory()  # before the probe, so it times what training gets
     total = total_steps(recipe, task)
     evals = eval_steps(recipe, total)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -492,6 +493,8 @@ def train_points(recipes: list[Recipe], width: int, seeds: list[int], task: Task
     all_batches.close()
     record["group_size"] = k = _group_sizes(record["strategy"], len(member_seeds))
     record["batch_size"] = all_batches.B  # the batch size used (data.batch_size clamped to the training set)
+    if kept:
+        record["malloc"] = "kept"  # freed memory stays in the process (widthkit.malloc)
     groups = [list(range(i, min(i + k, len(member_seeds)))) for i in range(0, len(member_seeds), k)]
     done: list[MemberResults] = [MemberResults.from_plain(d) for d in ckpt["done"]] if ckpt is not None else []
     autocast = _autocast_dtype(recipe, device)

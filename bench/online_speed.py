@@ -1,7 +1,7 @@
 """Benchmark: online data at compute speed (issue 16), today's code and ours, side by side in one run.
 
-    python bench/online_speed.py                       # generator + recipes/mnist1d-online.toml widths 16-64
-    python bench/online_speed.py --steps 100 --no-write  # quicker look
+    python bench/online_speed.py --lock /tmp/widthkit-heavy.lock   # generator + mnist1d-online widths 16-64
+    python bench/online_speed.py --steps 100 --rounds 2 --today-rounds 0 --no-write  # a quick look at ours
 
 1. Samples per second of mnist1d's own per-sample ``transform`` (what the online sampler called before) and of
    the batched torch transform behind ``task.sample`` now, interleaved rounds, both single-threaded.
@@ -13,8 +13,8 @@
    "now" also: the time the step loop waited for data, the time spent making batches (in the prefetch thread),
    the strategy probe and the evaluations.  A third way ("free") feeds the now job one chunk of batches drawn in
    advance at every step, so 1 - free / now is all that data costs the job; it runs the probe too, but trains
-   with the now job's choice (strategy, threads, layout), so the two differ in their data only.  The median job of ``--rounds``
-   interleaved rounds.
+   with the now job's choice (strategy, threads, layout), so the two differ in their data only.  ``--rounds``
+   interleaved rounds of now and free jobs, today's (long) jobs in the first ``--today-rounds``; medians.
 
 Writes the tables under "## Online data" in bench/RESULTS.md.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -155,37 +156,58 @@ def job_main(spec: dict) -> dict:
             "channels_last": record.get("channels_last"), "threads": record.get("threads")}
 
 
-def run_job(tree: Path, way: str, width: int, steps: int, shared: bool, choice: dict | None = None) -> dict:
-    """:func:`job_main` in a fresh process on ``tree``'s code."""
+def run_job(tree: Path, way: str, width: int, steps: int, shared: bool, choice: dict | None, lock: str) -> dict:
+    """:func:`job_main` in a fresh process on ``tree``'s code (holding the file lock ``lock``, if any)."""
     spec = json.dumps({"way": way, "width": width, "steps": steps, "shared": shared, "choice": choice})
     env = dict(os.environ, PYTHONPATH=str(tree))
-    out = subprocess.run([sys.executable, __file__, "--job", spec], env=env, capture_output=True, text=True)
+    with held(lock):
+        out = subprocess.run([sys.executable, __file__, "--job", spec], env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{way} job at width {width} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def held(lock: str):
+    """Hold the exclusive file lock ``lock`` ("": none), as ``flock`` does: one benchmark at a time."""
+    if not lock:
+        yield
+        return
+    import fcntl
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ------------------------------------------------------------------------------- the jobs, side by side
-def recipe_rows(widths, steps: int, shared: bool, rounds: int, today: Path) -> list[dict]:
+def recipe_rows(widths, a, today: Path) -> list[dict]:
+    """Per width, ``a.rounds`` interleaved rounds of now and free jobs, today's in the first ``a.today_rounds``.
+    Medians over the rounds; the data cost is the median of each round's own 1 - free / now."""
     trees = {"today": today, "now": ROOT, "free": ROOT}
     rows = []
     for w in widths:
         runs = {way: [] for way in WAYS}
-        for _ in range(rounds):  # interleaved: a busy moment of the shared machine hits every way alike
-            for way in WAYS:  # the free job takes the now job's choice: the two differ in their data only
+        for r in range(a.rounds):  # interleaved: a busy moment of the shared machine hits every way alike
+            for way in WAYS[r >= a.today_rounds:]:  # the free job takes the now job's choice: they differ in data only
                 now = runs["now"][-1] if way == "free" else {}
                 choice = {k: now[k] for k in ("strategy", "threads", "channels_last") if now.get(k) is not None}
-                runs[way].append(run_job(trees[way], way, w, steps, shared, choice))
-        med = {way: sorted(v, key=lambda r: r["wall"])[len(v) // 2] for way, v in runs.items()}  # the median job
-        t, n, f = med["today"], med["now"], med["free"]
-        row = {"width": w, "today": t, "now": n, "free": f, "speedup": t["wall"] / n["wall"],
-               "data_cost": 1 - f["wall"] / n["wall"], "walls": {way: [r["wall"] for r in v] for way, v in runs.items()}}
+                runs[way].append(run_job(trees[way], way, w, a.steps, not a.no_shared, choice, a.lock))
+        walls = {way: [r["wall"] for r in v] for way, v in runs.items()}
+        med = lambda xs: statistics.median(xs) if xs else math.nan  # noqa: E731
+        now = sorted(runs["now"], key=lambda r: r["wall"])[len(runs["now"]) // 2]  # the median job
+        row = {"width": w, "now": now, "walls": walls, "today_s": med(walls["today"]), "now_s": med(walls["now"]),
+               "free_s": med(walls["free"]), "wait": med([r["wait"] / r["wall"] for r in runs["now"]]),
+               "gen": med([r["gen"] / r["wall"] for r in runs["now"]]),
+               "data_cost": med([1 - f["wall"] / n["wall"] for n, f in zip(runs["now"], runs["free"])])}
+        row["speedup"] = row["today_s"] / row["now_s"]
         rows.append(row)
-        print(f"width {w:4d}: today {t['wall']:6.1f} s | now {n['wall']:6.1f} s (data wait {n['wait'] / n['wall']:.1%}"
-              f", generation {n['gen'] / n['wall']:.1%} of the job, in the background; probe {n['probe']:.1f} s, "
-              f"evaluation {n['eval']:.1f} s, steps {1e3 * steps_s(n) / steps:.1f} ms/step) | free data "
-              f"{f['wall']:6.1f} s (data costs {row['data_cost']:.1%}) | x{row['speedup']:.1f}  (all rounds: "
-              f"{row['walls']})", flush=True)
+        print(f"width {w:4d}: today {row['today_s']:6.1f} s | now {row['now_s']:6.1f} s (data wait {row['wait']:.1%}, "
+              f"generation {row['gen']:.1%} of the job, in the background; probe {now['probe']:.1f} s, evaluation "
+              f"{now['eval']:.1f} s, steps {1e3 * steps_s(now) / a.steps:.1f} ms/step) | free data {row['free_s']:6.1f}"
+              f" s (data costs {row['data_cost']:.1%}) | x{row['speedup']:.1f}  (all rounds: {walls})", flush=True)
     return rows
 
 
@@ -195,33 +217,37 @@ def steps_s(run: dict) -> float:
 
 
 def markdown(a, gen, rows) -> str:
-    out = [f"`python bench/online_speed.py --steps {a.steps} --rounds {a.rounds}{' --no-shared' if a.no_shared else ''}` "
-           f"({machine()}; the 2-core machine was shared with other jobs, the run held the shared benchmark lock, "
-           "so absolute times vary).", "",
+    cmd = (f"python bench/online_speed.py --steps {a.steps} --rounds {a.rounds} --today-rounds {a.today_rounds}"
+           f"{' --no-shared' if a.no_shared else ''}{' --lock ' + a.lock if a.lock else ''}")
+    out = [f"`{cmd}` ({machine()}; the 2-core machine was shared with other agents' work; every job and the "
+           "generator rounds held the shared benchmark lock, so no other benchmark ran at the same time, but "
+           "absolute times vary).", "",
            "mnist1d samples per second, median of interleaved rounds, single-threaded:", "",
            "| generator | samples / s | vs per-sample |", "|---|---|---|"]
     out += [f"| {r['way']} | {r['rate']:,.0f} | **{r['ratio']:.0f}x** |" for r in gen]
     out += ["", f"`recipes/mnist1d-online.toml` jobs ({a.steps} steps x 4 seeds, evaluation every {max(a.steps // 10, 1)}"
-            f" steps, shared_batches={'false' if a.no_shared else 'true'}; the median of {a.rounds} interleaved "
-            f"rounds, each job in a fresh process, timed around `train_members`): today = the code when issue 16 "
-            f"was filed (revision {a.today}); now = this tree. \"Data wait\" is the now job's step loop blocked on "
-            "data, \"generation\" the time spent making batches (in the prefetch thread, overlapping the steps), "
-            "both as shares of the job's wall time.", "",
-            "\"Probe + eval\" is the now job's strategy probe and its evaluations; \"steps\" the rest of it "
+            f" steps, shared_batches={'false' if a.no_shared else 'true'}), each in a fresh process, timed around "
+            f"`train_members`: today = the code when issue 16 was filed (revision {a.today}); now = this tree. "
+            f"{a.rounds} interleaved rounds of now and free jobs, today's jobs in the first {a.today_rounds}; "
+            "medians over the rounds. \"Data wait\" is the now job's step loop blocked on data, \"generation\" the "
+            "time spent making batches (in the prefetch thread, overlapping the steps), both as shares of the job's "
+            "wall time.", "",
+            "\"Probe + eval\" is the median now job's strategy probe and its evaluations; \"steps\" the rest of it "
             "(building the members, the training steps, data waits included) per step.  \"Free data\" is the same "
             "job fed one chunk of batches drawn in advance at every step (it runs the probe too, but trains with the "
-            "now job's choice of strategy, threads and layout of the same round), and \"data cost\" = 1 - free / "
-            "now: all that generating the data costs the job, wait and competition for the 2 cores included.",
+            "choice of strategy, threads and layout of the same round's now job), and \"data cost\" = 1 - free / "
+            "now, the median of the rounds' own: all that generating the data costs the job, wait and competition "
+            "for the 2 cores included.",
             "", "| width | strategy (threads) | today (s) | now (s) | speed-up | data wait | generation | "
             "probe + eval (s) | steps (ms/step) | free data (s) | data cost |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["now"]
         layout = ", NHWC" if n["channels_last"] else ""
-        out.append(f"| {r['width']} | {n['strategy']}{layout} ({n['threads']}) | {r['today']['wall']:.1f} | "
-                   f"{n['wall']:.1f} | **{r['speedup']:.1f}x** | {n['wait'] / n['wall']:.1%} | "
-                   f"{n['gen'] / n['wall']:.1%} | {n['probe']:.1f} + {n['eval']:.1f} | "
-                   f"{1e3 * steps_s(n) / a.steps:.1f} | {r['free']['wall']:.1f} | {r['data_cost']:.1%} |")
+        out.append(f"| {r['width']} | {n['strategy']}{layout} ({n['threads']}) | {r['today_s']:.1f} | "
+                   f"{r['now_s']:.1f} | **{r['speedup']:.1f}x** | {r['wait']:.1%} | {r['gen']:.1%} | "
+                   f"{n['probe']:.1f} + {n['eval']:.1f} | {1e3 * steps_s(n) / a.steps:.1f} | {r['free_s']:.1f} | "
+                   f"{r['data_cost']:.1%} |")
     out += ["", "All rounds (s): " + "; ".join(
         f"width {r['width']}: " + ", ".join(f"{way} {' '.join(f'{t:.1f}' for t in r['walls'][way])}" for way in WAYS)
         for r in rows) + "."]
@@ -232,16 +258,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="16,32,64")
     ap.add_argument("--steps", type=int, default=600, help="training steps per job")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (generator and jobs)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (generator, now and free jobs)")
+    ap.add_argument("--today-rounds", type=int, default=3, help="rounds that also run today's job (the first ones)")
+    ap.add_argument("--lock", default="", help="a file lock each job (and the generator rounds) holds, as flock")
     ap.add_argument("--today", default=TODAY, help="the revision to compare with (git, in this repository)")
     ap.add_argument("--no-shared", action="store_true", help="one data stream per member")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     a = ap.parse_args(argv)
-    gen = generator_rows(a.rounds)
+    with held(a.lock):
+        gen = generator_rows(a.rounds)
     with tempfile.TemporaryDirectory(prefix="widthkit-today-") as tmp:  # today's tree, no worktree left behind
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.today], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        rows = recipe_rows([int(w) for w in a.widths.split(",") if w], a.steps, not a.no_shared, a.rounds, Path(tmp))
+        rows = recipe_rows([int(w) for w in a.widths.split(",") if w], a, Path(tmp))
     text = markdown(a, gen, rows)
     print("\n" + text)
     if not a.no_write:

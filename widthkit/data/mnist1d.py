@@ -65,11 +65,11 @@ def build_mnist1d(req: Request) -> Built:
     keep = torch.tensor(req.classes if req.classes is not None else range(10), dtype=torch.long)
     transform = Mnist1dTransform(args, get_templates(), mean=float(mean), std=float(std))
 
-    def draw(n: int, generator: torch.Generator) -> tuple:
-        y = keep[torch.randint(len(keep), (n,), generator=generator)]
-        return y, *vars(Mnist1dDraws.sample(n, args, generator)).values()
+    def draw(n: int, generator: torch.Generator) -> tuple:  # random numbers only: few ops per step
+        return torch.randint(len(keep), (n,), generator=generator), *Mnist1dDraws.random(n, args, generator)
 
-    def make(y, *draws):
-        return transform(y, Mnist1dDraws(*draws)).unsqueeze(1), y
+    def make(pick, *random):
+        y = keep[pick]
+        return transform(y, Mnist1dDraws.from_random(args, *random)).unsqueeze(1), y
     return Built("classification", (1, 40), 10, as_x(xtr), labels(ytr), as_x(xte), labels(yte),
                  StagedSampler(draw, make), [str(i) for i in range(10)])

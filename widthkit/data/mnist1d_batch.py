@@ -40,12 +40,22 @@ class Mnist1dDraws:
     @staticmethod
     def sample(n: int, args, generator: torch.Generator) -> "Mnist1dDraws":
         """``n`` fresh draws from ``generator`` (float32), distributed as mnist1d draws them."""
-        lo, hi = args.padding
-        length = args.template_len + hi
+        return Mnist1dDraws.from_random(args, *Mnist1dDraws.random(n, args, generator))
+
+    @staticmethod
+    def random(n: int, args, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random numbers behind ``n`` draws, each ``[n, ...]``: uniforms [n, 3], translations [n], normals
+        [n, 2, L] (in the generator's order; rows of several calls concatenate into one :meth:`from_random`)."""
         u = torch.rand(3, n, generator=generator)
         shift = torch.randint(args.max_translation, (n,), generator=generator)
-        noise = torch.randn(2, n, length, generator=generator)
-        return Mnist1dDraws(lo + (u[0] * (hi - lo + 1)).long(), u[1], shift, noise[0], noise[1], u[2])
+        noise = torch.randn(2, n, args.template_len + args.padding[1], generator=generator)
+        return u.T, shift, noise.transpose(0, 1)
+
+    @staticmethod
+    def from_random(args, u: torch.Tensor, shift: torch.Tensor, noise: torch.Tensor) -> "Mnist1dDraws":
+        """The draws made from :meth:`random`'s numbers."""
+        lo, hi = args.padding
+        return Mnist1dDraws(lo + (u[:, 0] * (hi - lo + 1)).long(), u[:, 1], shift, noise[:, 0], noise[:, 1], u[:, 2])
 
 
 def _interp_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

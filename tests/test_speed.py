@@ -37,7 +37,8 @@ def test_chunked_online_batches_are_each_steps_own_samples(spec):
     ways = [Batches(recipe, task, [0, 1], torch.device("cpu"), prefetch=p) for p in (0, 1, 20)]
     assert ways[0].chunk == 64  # 1024 samples per call
     for step in [0, 1, 70, 63, 64, 2, 200, 0]:
-        ref = [task.sample(16, torch.Generator().manual_seed(derive_seed(recipe.seed, s, "online", step))) for s in (0, 1)]
+        ref = [task.sample(16, torch.Generator().manual_seed(derive_seed(recipe.seed, s, "online", step)))
+               for s in (0, 1)]
         for b in ways:
             x, y = b(step)
             assert x.shape[:2] == (2, 16) and x.is_contiguous()

@@ -207,7 +207,8 @@ def recipe_rows(widths, a, today: Path) -> list[dict]:
         print(f"width {w:4d}: today {row['today_s']:6.1f} s | now {row['now_s']:6.1f} s (data wait {row['wait']:.1%}, "
               f"generation {row['gen']:.1%} of the job, in the background; probe {now['probe']:.1f} s, evaluation "
               f"{now['eval']:.1f} s, steps {1e3 * steps_s(now) / a.steps:.1f} ms/step) | free data {row['free_s']:6.1f}"
-              f" s (data costs {row['data_cost']:.1%}) | x{row['speedup']:.1f}  (all rounds: {walls})", flush=True)
+              f" s (data costs {row['data_cost']:.1%}) | x{row['speedup']:.1f}  (all rounds: {walls}; now jobs' "
+              f"choices: {[(r['strategy'], r['threads'], r['channels_last']) for r in runs['now']]})", flush=True)
     return rows
 
 
@@ -249,7 +250,8 @@ def markdown(a, gen, rows) -> str:
                    f"{n['probe']:.1f} + {n['eval']:.1f} | {1e3 * steps_s(n) / a.steps:.1f} | {r['free_s']:.1f} | "
                    f"{r['data_cost']:.1%} |")
     out += ["", "All rounds (s): " + "; ".join(
-        f"width {r['width']}: " + ", ".join(f"{way} {' '.join(f'{t:.1f}' for t in r['walls'][way])}" for way in WAYS)
+        f"width {r['width']}: " + ", ".join(f"{way} {' '.join(f'{t:.1f}' for t in r['walls'][way])}"
+                                            for way in WAYS)
         for r in rows) + "."]
     return "\n".join(out)
 

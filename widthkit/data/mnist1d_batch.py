@@ -109,7 +109,8 @@ class Mnist1dTransform:
         """Signals [N, final_seq_length] for template ``labels`` [N] and draws ``d``."""
         a = self.args
         row = ((labels * self.n_pad + d.pad) * self.n_shift + d.shift).sub_(a.padding[0] * self.n_shift)
-        noise = (d.corr @ self.filt).mul_(self.quiet.index_select(0, row)).add_(d.iid, alpha=a.iid_noise_scale)  # [N, L]
+        noise = (d.corr @ self.filt).mul_(self.quiet.index_select(0, row))  # [N, L]
+        noise.add_(d.iid, alpha=a.iid_noise_scale)
         scale = (d.scale_u * a.scale_coeff).add_(1 - 0.5 * a.scale_coeff).unsqueeze(1)  # 1 + c (u - 1/2)
         clean = self.clean.index_select(0, row).mul_(scale).addr_(d.shear_u, self.shear_out).add_(self.offset)
         return torch.addmm(clean, noise, self.subsample)

@@ -226,8 +226,8 @@ def markdown(a, gen, rows) -> str:
            "mnist1d samples per second, median of interleaved rounds, single-threaded:", "",
            "| generator | samples / s | vs per-sample |", "|---|---|---|"]
     out += [f"| {r['way']} | {r['rate']:,.0f} | **{r['ratio']:.0f}x** |" for r in gen]
-    out += ["", f"`recipes/mnist1d-online.toml` jobs ({a.steps} steps x 4 seeds, evaluation every {max(a.steps // 10, 1)}"
-            f" steps, shared_batches={'false' if a.no_shared else 'true'}), each in a fresh process, timed around "
+    out += ["", f"`recipes/mnist1d-online.toml` jobs ({a.steps} steps x 4 seeds, evaluation every "
+            f"{max(a.steps // 10, 1)} steps, shared_batches={'false' if a.no_shared else 'true'}), each in a fresh process, timed around "
             f"`train_members`: today = the code when issue 16 was filed (revision {a.today}); now = this tree. "
             f"{a.rounds} interleaved rounds of now and free jobs, today's jobs in the first {a.today_rounds}; "
             "medians over the rounds. \"Data wait\" is the now job's step loop blocked on data, \"generation\" the "

@@ -158,7 +158,7 @@ class Batches:
         steps = range(chunk * self.chunk, (chunk + 1) * self.chunk)
         xs, ys = zip(*(self.task.sample_many(self.B, [torch.Generator().manual_seed(
             derive_seed(self.recipe_seed, s, "online", step)) for step in steps]) for s in self.streams))
-        x, y = (torch.stack([t.view(len(steps), self.B, *t.shape[1:]) for t in ts], 1) for ts in (xs, ys))
+        x, y = (torch.stack([t.reshape(len(steps), self.B, *t.shape[1:]) for t in ts], 1) for ts in (xs, ys))
         if self.device.type == "cuda":  # page-locked, so the copy to the GPU does not block the step loop
             x, y = x.pin_memory(), y.pin_memory()
         return x, y

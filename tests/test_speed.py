@@ -27,6 +27,36 @@ def test_prefetch_gives_the_same_batches_whatever_the_order_and_depth():
     ahead.close()
 
 
+@pytest.mark.parametrize("spec", ["mnist1d", "teacher?noise=0.1&outputs=2", "teacher:1,3?classes=4"])
+def test_chunked_online_batches_are_each_steps_own_samples(spec):
+    """Online batches made several steps per batched call (staged samplers) or one by one (a rejection sampler),
+    prefetched or inline, in any order: each step's batch is what its own generator draws alone."""
+    from widthkit.seeds import derive_seed
+    recipe = load_recipe("quickstart", overrides=[f"data.task={spec}", "data.online=true", "data.batch_size=16"])
+    task = load_task(spec, online=True, n_train=40, n_test=20)
+    ways = [Batches(recipe, task, [0, 1], torch.device("cpu"), prefetch=p) for p in (0, 1, 20)]
+    assert ways[0].chunk == 64  # 1024 samples per call
+    for step in [0, 1, 70, 63, 64, 2, 200, 0]:
+        ref = [task.sample(16, torch.Generator().manual_seed(derive_seed(recipe.seed, s, "online", step)))
+               for s in (0, 1)]
+        for b in ways:
+            x, y = b(step)
+            assert x.shape[:2] == (2, 16) and x.is_contiguous()
+            for i, (xr, yr) in enumerate(ref):
+                assert torch.equal(x[i], xr) and torch.equal(y[i], yr)
+    for b in ways:
+        b.close()
+
+
+def test_prefetch_keeps_the_last_result_and_chunks_within_a_memory_cap():
+    from widthkit.data.prefetch import chunk_steps
+    calls = []
+    p = Prefetch(lambda k: calls.append(k) or k, depth=0)
+    assert [p(0), p(0), p(1), p(1), p(0)] == [0, 0, 1, 1, 0] and calls == [0, 1, 0]
+    assert chunk_steps(128, 160, 1) == 8 and chunk_steps(2048, 160, 1) == 1
+    assert chunk_steps(128, 4 * 3 * 32 * 32, 8) == 2  # CIFAR-sized samples, 8 streams: 2 steps, 25 MiB
+
+
 def test_prefetch_runs_ahead_in_one_single_threaded_worker():
     seen = []
 

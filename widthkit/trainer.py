@@ -28,7 +28,7 @@ from torch import nn
 from . import compiled, grid, malloc, snapshots
 from .atomic import atomic_write_bytes
 from .data import Task
-from .data.prefetch import Prefetch
+from .data.prefetch import Prefetch, chunk_steps
 from .engine import Ensemble, lr_at, member_losses
 from .errors import RecipeError
 from .param import ParamTable
@@ -127,8 +127,9 @@ class Batches:
     every epoch.  Online tasks: each member draws fresh samples every step.  With
     ``data.shared_batches`` every member gets the same batches, so members differ only
     in their initialization (the ensemble variance is then init variance alone).
-    Online batches are drawn ``prefetch`` steps ahead in a background thread (0: inline);
-    each is a pure function of its step, so the timing never changes them.
+    Online batches are drawn at least ``prefetch`` steps ahead in a background thread (0: inline),
+    :func:`~widthkit.data.prefetch.chunk_steps` steps per batched call; each is a pure function of
+    its step, so neither the timing nor the chunking changes them.
     """
 
     def __init__(self, recipe: Recipe, task: Task, seeds: list[int], device: torch.device, prefetch: int = 2):
@@ -148,13 +149,16 @@ class Batches:
             self.x = task.x_train.to(device)
             self.y = task.y_train.to(device)
         else:
-            self._online = Prefetch(self._draw, prefetch)
+            self.chunk = chunk_steps(self.B, 4 * math.prod(task.in_shape), len(self.streams))
+            self._online = Prefetch(self._draw, -(-prefetch // self.chunk))
 
-    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh samples of every stream at ``step``, stacked [streams, B, ...] (on the CPU, pinned for a GPU)."""
-        xs, ys = zip(*(self.task.sample(self.B, torch.Generator().manual_seed(
-            derive_seed(self.recipe_seed, s, "online", step))) for s in self.streams))
-        x, y = torch.stack(xs), torch.stack(ys)
+    def _draw(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh samples of every stream at the ``chunk``'s steps, [steps, streams, B, ...] (on the CPU, pinned
+        for a GPU); each step's from its own generator, all made in one batched call per stream."""
+        steps = range(chunk * self.chunk, (chunk + 1) * self.chunk)
+        xs, ys = zip(*(self.task.sample_many(self.B, [torch.Generator().manual_seed(
+            derive_seed(self.recipe_seed, s, "online", step)) for step in steps]) for s in self.streams))
+        x, y = (torch.stack([t.reshape(len(steps), self.B, *t.shape[1:]) for t in ts], 1) for ts in (xs, ys))
         if self.device.type == "cuda":  # page-locked, so the copy to the GPU does not block the step loop
             x, y = x.pin_memory(), y.pin_memory()
         return x, y
@@ -174,8 +178,8 @@ class Batches:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.online:
-            x, y = self._online(step)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            chunk, k = divmod(step, self.chunk)
+            x, y = (t[k].to(self.device, non_blocking=True) for t in self._online(chunk))
         else:
             epoch, pos = divmod(step, self.spe)
             idx = self._permutations(epoch)[:, pos * self.B:(pos + 1) * self.B]

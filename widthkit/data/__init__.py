@@ -27,7 +27,10 @@ and std of the task's full training split (all classes, before class selection a
 
 Finite tasks truncate to the first ``n_train``/``n_test`` samples of a fixed shuffled order.  Online tasks keep a
 fixed train-eval set and a fixed test set (drawn with fixed seeds), so test outputs are comparable across steps
-and widths; ``task.sample(n, generator)`` draws fresh training samples reproducibly from the generator.
+and widths; ``task.sample(n, generator)`` draws fresh training samples reproducibly from the generator, and
+``task.sample_many(n, generators)`` those of several generators at once (the trainer's chunks of steps; one batched
+call when the builder's sampler is a :class:`StagedSampler`, as mnist1d's, teacher's and
+cifar5m's are).
 
 Besides the contract fields, a Task carries ``spec`` (canonical spec string, e.g. ``teacher?perturb=0.5``) and
 ``class_names``; it pickles as a small "load this again" recipe, so it can be sent to worker processes.
@@ -39,8 +42,8 @@ Adding a task: write one module with a builder decorated by :func:`register_task
 :mod:`widthkit.data.registry` and :mod:`widthkit.data.source`) and import it below.
 """
 from widthkit.data.registry import clear_cache, list_tasks, register_task
-from widthkit.data.task import Sampler, Task
+from widthkit.data.task import Sampler, StagedSampler, Task
 from widthkit.data.loader import load_task
 from widthkit.data import cifar, cifar5m, digits, imagefolder, mnist1d, teacher  # noqa: F401  (register)
 
-__all__ = ["Sampler", "Task", "clear_cache", "list_tasks", "load_task", "register_task"]
+__all__ = ["Sampler", "StagedSampler", "Task", "clear_cache", "list_tasks", "load_task", "register_task"]

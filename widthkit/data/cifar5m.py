@@ -17,6 +17,7 @@ import torch
 
 from widthkit.data.registry import register_task
 from widthkit.data.source import Built, Request, channel_stats, check_classes, labels, standardize
+from widthkit.data.task import StagedSampler
 from widthkit.errors import WidthkitError
 
 _STAT_SAMPLES = 50_000  # images used for the normalization statistics
@@ -111,8 +112,11 @@ def build_cifar5m(req: Request) -> Built:
     xte = standardize(data.images(test_idx), mean, std, 255.0)
     pool_t = torch.from_numpy(pool)
 
-    def sampler(n: int, generator: torch.Generator):
-        idx = pool_t[torch.randint(len(pool_t), (n,), generator=generator)].numpy()
+    def draw(n: int, generator: torch.Generator) -> tuple:
+        return pool_t[torch.randint(len(pool_t), (n,), generator=generator)],
+
+    def make(idx):
+        idx = idx.numpy()
         return standardize(data.images(idx), mean, std, 255.0), labels(data.y[idx])
     return Built("classification", (3, 32, 32), 10, xtr, labels(data.y[train_idx]), xte,
-                 labels(data.y[test_idx]), sampler)
+                 labels(data.y[test_idx]), StagedSampler(draw, make))

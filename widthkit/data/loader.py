@@ -8,7 +8,7 @@ import torch
 from widthkit.data.registry import cache, get_source, online_tasks
 from widthkit.data.source import Built, Request
 from widthkit.data.spec import format_spec, parse_spec
-from widthkit.data.task import Task
+from widthkit.data.task import Task, map_sampler
 from widthkit.errors import WidthkitError
 from widthkit.validate import PositiveInt, check_options, signature_options
 
@@ -63,11 +63,7 @@ def _finish(req: Request, spec: str, built: Built) -> Task:
     lut = torch.full((built.num_classes,), -1, dtype=torch.long)
     lut[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
     if sampler is not None:
-        inner = sampler
-
-        def sampler(n: int, generator: torch.Generator, _inner=inner, _lut=lut):
-            x, y = _inner(n, generator)
-            return x, _lut[y]
+        sampler = map_sampler(sampler, lambda x, y: (x, lut[y]))
     names = [built.class_names[c] for c in keep] if built.class_names else []
     return Task(req.name, "classification", built.in_shape, len(keep), built.x_train, lut[built.y_train],
                 built.x_test, lut[built.y_test], req.online, keep, spec, names, sampler)

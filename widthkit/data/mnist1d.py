@@ -2,8 +2,9 @@
 
 The fixed set is the package's standard 4000/1000 set (seed 42), never downloaded, made by the package's own
 per-sample transform.  Online: fresh samples from the same generative process, made in batches by
-:class:`~widthkit.data.mnist1d_batch.Mnist1dTransform` (the same transform, ~100x faster) from a torch
-generator, and normalized with the fixed set's constants (the package standardizes with one mean/std over the
+:class:`~widthkit.data.mnist1d_batch.Mnist1dTransform` (the same transform, over 100x faster) from a torch
+generator (a :class:`~widthkit.data.task.StagedSampler`: several steps' draws are made in one call), and
+normalized with the fixed set's constants (the package standardizes with one mean/std over the
 generated set).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from widthkit.data.mnist1d_batch import Mnist1dDraws, Mnist1dTransform
 from widthkit.data.registry import cache, register_task
 from widthkit.data.source import Built, Request, check_classes, labels, numpy_seed, select
+from widthkit.data.task import StagedSampler
 from widthkit.errors import WidthkitError
 
 
@@ -61,11 +63,13 @@ def build_mnist1d(req: Request) -> Built:
     as_x = lambda a: torch.as_tensor(a, dtype=torch.float32).reshape(-1, 1, a.shape[-1])  # noqa: E731
     args, mean, std = get_dataset_args(), d["mean"], d["std"]
     keep = torch.tensor(req.classes if req.classes is not None else range(10), dtype=torch.long)
-    transform = Mnist1dTransform(args, get_templates())
+    transform = Mnist1dTransform(args, get_templates(), mean=float(mean), std=float(std))
 
-    def sampler(n: int, generator: torch.Generator):
-        y = keep[torch.randint(len(keep), (n,), generator=generator)]
-        raw = transform(y, Mnist1dDraws.sample(n, args, generator))
-        return ((raw - mean) / std).float().reshape(n, 1, -1), y
-    return Built("classification", (1, 40), 10, as_x(xtr), labels(ytr), as_x(xte), labels(yte), sampler,
-                 [str(i) for i in range(10)])
+    def draw(n: int, generator: torch.Generator) -> tuple:  # random numbers only: few ops per step
+        return torch.randint(len(keep), (n,), generator=generator), *Mnist1dDraws.random(n, args, generator)
+
+    def make(pick, *random):
+        y = keep[pick]
+        return transform(y, Mnist1dDraws.from_random(args, *random)).unsqueeze(1), y
+    return Built("classification", (1, 40), 10, as_x(xtr), labels(ytr), as_x(xte), labels(yte),
+                 StagedSampler(draw, make), [str(i) for i in range(10)])

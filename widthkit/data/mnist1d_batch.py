@@ -10,8 +10,11 @@ exactly those steps, for a whole batch at once, to per-sample parameters :class:
 Everything that does not depend on the noise is precomputed: every (template, padding, translation) signal,
 interpolated with ``np.interp``'s own points and slope formula (mnist1d's ``interp1d`` delegates to it), so
 where the signal is exactly zero (and gets correlated noise) is decided exactly as mnist1d decides it; the
-filter as an ``L x L`` matrix (scipy's ``gaussian_filter`` applied to the identity), and the shear ramp.  So
-the results agree with ``transform`` to float rounding (``tests/test_data.py``), at ~100x its speed.
+filter as an ``L x L`` matrix (scipy's ``gaussian_filter`` applied to the identity).  The signal is exactly zero
+where the noise goes, so ``where(quiet, noise, signal)`` is ``signal + quiet * noise``, and the final (linear)
+interpolation of the signal and shear parts is precomputed too: a batch costs the draws, one gather, one
+``L x L`` and one ``L x final`` matrix product and a few elementwise ops.  The results agree with ``transform`` to
+float rounding (``tests/test_data.py``), at over 100x its speed.
 """
 from __future__ import annotations
 
@@ -37,12 +40,22 @@ class Mnist1dDraws:
     @staticmethod
     def sample(n: int, args, generator: torch.Generator) -> "Mnist1dDraws":
         """``n`` fresh draws from ``generator`` (float32), distributed as mnist1d draws them."""
-        lo, hi = args.padding
-        length = args.template_len + hi
+        return Mnist1dDraws.from_random(args, *Mnist1dDraws.random(n, args, generator))
+
+    @staticmethod
+    def random(n: int, args, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random numbers behind ``n`` draws, each ``[n, ...]``: uniforms [n, 3], translations [n], normals
+        [n, 2, L] (in the generator's order; rows of several calls concatenate into one :meth:`from_random`)."""
         u = torch.rand(3, n, generator=generator)
         shift = torch.randint(args.max_translation, (n,), generator=generator)
-        noise = torch.randn(2, n, length, generator=generator)
-        return Mnist1dDraws(lo + (u[0] * (hi - lo + 1)).long(), u[1], shift, noise[0], noise[1], u[2])
+        noise = torch.randn(2, n, args.template_len + args.padding[1], generator=generator)
+        return u.T, shift, noise.transpose(0, 1)
+
+    @staticmethod
+    def from_random(args, u: torch.Tensor, shift: torch.Tensor, noise: torch.Tensor) -> "Mnist1dDraws":
+        """The draws made from :meth:`random`'s numbers."""
+        lo, hi = args.padding
+        return Mnist1dDraws(lo + (u[:, 0] * (hi - lo + 1)).long(), u[:, 1], shift, noise[:, 0], noise[:, 1], u[:, 2])
 
 
 def _interp_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,9 +69,11 @@ def _interp_table(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 class Mnist1dTransform:
     """Batched mnist1d transform for ``args`` (mnist1d's dataset args) and ``templates`` (get_templates()),
-    computing in ``dtype`` (the tables are built in float64 either way)."""
+    computing in ``dtype`` (the tables are built in float64 either way); outputs ``(signal - mean) / std``
+    (the defaults give mnist1d's raw signals)."""
 
-    def __init__(self, args, templates: dict, eps: float = 1e-8, dtype: torch.dtype = torch.float32):
+    def __init__(self, args, templates: dict, eps: float = 1e-8, dtype: torch.dtype = torch.float32,
+                 mean: float = 0.0, std: float = 1.0):
         from scipy.ndimage import gaussian_filter
         self.args = args
         lo, hi = args.padding
@@ -74,23 +89,28 @@ class Mnist1dTransform:
             dilated = (padded[:, j + 1] - padded[:, j]) / dx * off + padded[:, j]  # np.interp's formula
             rows.append(dilated[:, shifts])  # [10, T, L]
         signals = torch.stack(rows, 1).reshape(-1, n)
-        self.quiet = signals == 0  # where mnist1d puts correlated noise (exact: decided in float64, before scaling)
-        self.signals = signals.to(dtype)
+        # where mnist1d puts correlated noise, as 1/0 (exact: decided in float64, before scaling)
+        self.quiet = (signals == 0).to(dtype)
         self.n_pad, self.n_shift = hi - lo + 1, args.max_translation
         filt = np.stack([gaussian_filter(e, 2) for e in np.eye(n)])  # row i: the filter of e_i
         self.filt = torch.as_tensor(args.corr_noise_scale * filt, dtype=dtype)
-        self.ramp = torch.as_tensor(np.linspace(-0.5, 0.5, n), dtype=dtype)
         j, off, dx = _interp_table(n, args.final_seq_length)
-        w = np.zeros((n, args.final_seq_length))
-        cols = np.arange(args.final_seq_length)
-        w[j, cols], w[j + 1, cols] = 1 - off / dx, off / dx
-        self.subsample = torch.as_tensor(w, dtype=dtype)  # [L, final]: the last linear interpolation as a matrix
+        w = torch.zeros(n, args.final_seq_length, dtype=torch.float64)
+        cols = torch.arange(args.final_seq_length)
+        w[j, cols], w[j + 1, cols] = torch.as_tensor(1 - off / dx), torch.as_tensor(off / dx)
+        # the last interpolation is linear, so the signal and shear parts are interpolated once, here
+        ramp_out = torch.linspace(-0.5, 0.5, n, dtype=torch.float64) @ w / std
+        self.clean = (signals @ w / std).to(dtype)  # [rows, final]
+        self.shear_out = (-args.shear_scale * ramp_out).to(dtype)  # times the shear's uniform draw
+        self.offset = (0.5 * args.shear_scale * ramp_out - mean / std).to(dtype)
+        self.subsample = (w / std).to(dtype)  # [L, final]: the last linear interpolation (and 1/std) as a matrix
 
     def __call__(self, labels: torch.Tensor, d: Mnist1dDraws) -> torch.Tensor:
-        """Signals [N, final_seq_length] (unnormalized) for template ``labels`` [N] and draws ``d``."""
+        """Signals [N, final_seq_length] for template ``labels`` [N] and draws ``d``."""
         a = self.args
-        row = (labels * self.n_pad + d.pad - a.padding[0]) * self.n_shift + d.shift
-        scale = (1 + a.scale_coeff * (d.scale_u - 0.5)).unsqueeze(1)
-        x = torch.where(self.quiet[row], d.corr @ self.filt, self.signals[row] * scale)
-        x = x + a.iid_noise_scale * d.iid - (a.shear_scale * (d.shear_u - 0.5)).unsqueeze(1) * self.ramp
-        return x @ self.subsample
+        row = ((labels * self.n_pad + d.pad) * self.n_shift + d.shift).sub_(a.padding[0] * self.n_shift)
+        noise = (d.corr @ self.filt).mul_(self.quiet.index_select(0, row))  # [N, L]
+        noise.add_(d.iid, alpha=a.iid_noise_scale)
+        scale = (d.scale_u * a.scale_coeff).add_(1 - 0.5 * a.scale_coeff).unsqueeze(1)  # 1 + c (u - 1/2)
+        clean = self.clean.index_select(0, row).mul_(scale).addr_(d.shear_u, self.shear_out).add_(self.offset)
+        return torch.addmm(clean, noise, self.subsample)

@@ -34,8 +34,9 @@ _CACHES: list = []
 def register_task(name: str, *, online: bool = False, n_train: int | None = None, n_test: int | None = None):
     """Decorator registering builder ``fn`` as task ``name``.
 
-    ``online``: the builder returns a sampler of fresh training data.  ``n_train`` / ``n_test``: the sizes
-    used when the user sets none (None: the whole split).
+    ``online``: the builder returns a sampler of fresh training data (``sampler(n, generator) -> (x, y)``, or a
+    :class:`~widthkit.data.task.StagedSampler` so that several steps' samples are made in one call).
+    ``n_train`` / ``n_test``: the sizes used when the user sets none (None: the whole split).
     """
     def deco(fn: Callable) -> Callable:
         if name in _SOURCES:

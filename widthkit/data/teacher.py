@@ -18,6 +18,7 @@ import torch
 
 from widthkit.data.registry import register_task
 from widthkit.data.source import Built, Request, check_classes, draw, keep_sampler, seed_from
+from widthkit.data.task import StagedSampler
 from widthkit.errors import WidthkitError
 from widthkit.validate import NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 
@@ -50,12 +51,16 @@ def build_teacher(req: Request, *, dim: PositiveInt = 32, teacher_width: Positiv
     k = classes or outputs
     w1, w2 = teacher_weights(dim, teacher_width, k, teacher_seed, perturb, perturb_seed)
 
-    def teacher(n: int, generator: torch.Generator):
+    def draw_inputs(n: int, generator: torch.Generator) -> tuple:
         x = torch.randn(n, dim, generator=generator)
+        return (x, noise * torch.randn(n, k, generator=generator)) if noise else (x,)
+
+    def label(x, eps=None):
         out = torch.tanh(x @ w1.T / math.sqrt(dim)) @ w2.T / math.sqrt(teacher_width)
-        if noise:
-            out = out + noise * torch.randn(out.shape, generator=generator)
+        if eps is not None:
+            out = out + eps
         return x, (out.argmax(1) if classes else out)
+    teacher = StagedSampler(draw_inputs, label)
 
     if classes:
         check_classes(req, classes)

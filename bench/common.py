@@ -19,6 +19,13 @@ def update_results(heading: str, section: str, path: Path = RESULTS) -> None:
     path.write_text(text.rstrip() + "\n")
 
 
+def publish(heading: str, text: str, write: bool = True) -> None:
+    """Print a benchmark's section and, if ``write``, put it under ``heading`` in bench/RESULTS.md."""
+    print("\n" + text)
+    if write:
+        update_results(heading, text)
+
+
 def machine() -> str:
     """The device a benchmark ran on, in words."""
     if torch.cuda.is_available():

@@ -24,7 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import machine, update_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from widthkit import compiled  # noqa: E402
 from widthkit.build import build_member, load_recipe_task  # noqa: E402
@@ -102,9 +102,7 @@ def main(argv=None) -> int:
         + [f"| {r['family']} | {r['width']} | {r['members']} | {r['threads']} | {r['eager_ms']:.2f} | "
            f"{r['compiled_ms']:.2f} | {r['eager_ms'] / r['compiled_ms']:.2f}x | {r['compile_s']:.1f} | "
            f"{r['break_even']:,.0f} | {r['same']} |" for r in rows])
-    print("\n" + text)
-    if not a.no_write:
-        update_results(HEADING, text)
+    publish(HEADING, text, not a.no_write)
     return 0
 
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import machine, update_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from widthkit import malloc  # noqa: E402
 from widthkit.engine import Ensemble, lr_at  # noqa: E402
@@ -336,9 +336,7 @@ def main(argv=None) -> int:
     mem = [] if a.no_memory else memory_rows(steps)
     ladder = [] if a.no_ladder else ladder_rows(a.ladder_steps or None)
     text = markdown(a, steps, mem, ladder)
-    print("\n" + text)
-    if not a.no_write:
-        update_results(HEADING if DEVICE.type == "cpu" else GPU_HEADING, text)
+    publish(HEADING if DEVICE.type == "cpu" else GPU_HEADING, text, not a.no_write)
     return 0
 
 

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, update_results  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 HEADING = "## Malloc"
 
@@ -97,9 +97,7 @@ def main(argv=None) -> int:
         lines.append(f"| {family} | {width} | {s['ms']:.2f} | {s['faults']:,.0f} | {w['ms']:.2f} | {w['faults']:,.0f} | "
                      f"**{s['ms'] / w['ms']:.2f}x** |")
     text = "\n".join(lines)
-    print("\n" + text)
-    if not a.no_write:
-        update_results(HEADING, text)
+    publish(HEADING, text, not a.no_write)
     return 0
 
 

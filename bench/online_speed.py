@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-from common import machine, update_results  # noqa: E402  (bench/ is the script's folder)
+from common import machine, publish  # noqa: E402  (bench/ is the script's folder)
 
 HEADING = "## Online data"
 RECIPE = ROOT / "recipes" / "mnist1d-online.toml"
@@ -274,9 +274,7 @@ def main(argv=None) -> int:
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         rows = recipe_rows([int(w) for w in a.widths.split(",") if w], a, Path(tmp))
     text = markdown(a, gen, rows)
-    print("\n" + text)
-    if not a.no_write:
-        update_results(HEADING, text)
+    publish(HEADING, text, not a.no_write)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -22,20 +23,13 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # blocks over 1 GiB still get their own mapping
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: never trim below 2 GiB of free heap top
 
-_state: dict[str, bool] = {}
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc once per process as the module says; True if it is (now or already) tuned.
 
     False where there is nothing to tune (not Linux with glibc) or the user opted out (``WIDTHKIT_MALLOC=system``).
     """
-    if "kept" not in _state:
-        _state["kept"] = _tune()
-    return _state["kept"]
-
-
-def _tune() -> bool:
     if os.environ.get("WIDTHKIT_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
         return False
     try:

@@ -199,7 +199,8 @@ def _study(recipe, out: Path, overrides, resume, executor, redo, quiet) -> Study
         for (_, rp), todo in zip(points, plans):
             for name, why in todo:
                 if not why:
-                    get_analysis(name).prepare(get_analysis(name).options(rp))
+                    a = get_analysis(name)
+                    a.prepare(a.options(rp))
         t0 = time.perf_counter()
         run = train_ladder(recipe, out, overrides=overrides, resume=resume, executor=executor)
         seconds["train"] = round(time.perf_counter() - t0, 2)
